@@ -1,0 +1,37 @@
+"""Turn NIH ChestX-ray14 images + label CSV into a dataset folder that ``datasets.load_dataset`` reads.
+
+    # the Kaggle sample, shrunk once to 256 px for 224-px training
+    python scripts/prepare_data.py --images_dir sample/images --labels_csv sample/sample_labels.csv \\
+        --output_dir data/nih_sample_256 --image_size 256
+
+    # the full release with the official test list
+    python scripts/prepare_data.py --config full --images_dir nih --labels_csv nih/Data_Entry_2017_v2020.csv \\
+        --train_val_list nih/train_val_list.txt --test_list nih/test_list.txt \\
+        --output_dir data/nih_full_256 --image_size 256 --num_proc 8
+"""
+
+import logging
+import sys
+
+from transformers import HfArgumentParser
+
+from cxr_vit.data import NIHDataError, PrepareArguments, prepare_dataset
+
+
+def main(args: PrepareArguments) -> int:
+    try:
+        report = prepare_dataset(args.images_dir, args.labels_csv, args.output_dir, **args.build_kwargs())
+    except NIHDataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
+    print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
+    if report.skipped:
+        print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    (prepare_args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
+    sys.exit(main(prepare_args))

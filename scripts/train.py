@@ -1,0 +1,134 @@
+"""Fine-tune a timm ViT for 15-way multi-label chest X-ray classification.
+
+    # quickstart: bundled real NIH mini set, small random-init ViT, CPU, a few minutes
+    accelerate launch --config_file accelerate_config.yaml scripts/train.py --config configs/quickstart.yaml
+
+    # the Kaggle NIH sample with ImageNet ViT-B/16 on a GPU
+    accelerate launch --config_file accelerate_config.yaml scripts/train.py --config configs/nih_sample_vit_base.yaml
+
+    # several GPUs, same script
+    accelerate launch --config_file accelerate_config.yaml --multi_gpu --num_processes 4 scripts/train.py ...
+
+Any option can be given as a flag (it overrides the YAML file); see --help.
+"""
+
+import logging
+import os
+
+import datasets
+import transformers
+from transformers import EarlyStoppingCallback, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from cxr_vit.constants import TRAINING_CURVES_NAME
+from cxr_vit.data import ensure_prepared
+from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, create_train_transform
+from cxr_vit.metrics import compute_metrics
+from cxr_vit.modeling import ModelArguments, create_model, data_config
+from cxr_vit.training import (
+    CXRTrainingArguments,
+    DataArguments,
+    MultiLabelTrainer,
+    parse_args,
+    plot_training_curves,
+    positive_weights,
+    save_run_args,
+)
+
+logger = logging.getLogger("train")
+
+
+def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -> dict[str, datasets.Dataset]:
+    if data_args.images_dir:
+        with training_args.main_process_first(desc="prepare dataset"):
+            ensure_prepared(
+                data_args.dataset_name,
+                data_args.images_dir,
+                data_args.labels_csv,
+                image_size=data_args.prepare_image_size,
+                seed=training_args.seed,
+            )
+    dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
+    splits = {}
+    for role, name in wanted.items():
+        if name is None:
+            continue
+        if name not in dataset:
+            raise ValueError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
+        limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
+        splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]
+    return splits
+
+
+def main(model_args: ModelArguments, data_args: DataArguments, training_args: CXRTrainingArguments) -> None:
+    # ---- set-up --------------------------------------------------------------------------------
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    set_seed(training_args.seed)
+    resume = training_args.resume_from_checkpoint
+    if resume == "auto":
+        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
+        logger.info("resuming from %s", resume or "scratch (no checkpoint found)")
+
+    # ---- data ----------------------------------------------------------------------------------
+    splits = load_splits(data_args, training_args)
+    pos_weight = positive_weights(splits["train"]["labels"]) if training_args.pos_weight else None
+
+    # ---- model ---------------------------------------------------------------------------------
+    model = create_model(
+        model_args.model_name,
+        pretrained=model_args.pretrained,
+        image_size=model_args.image_size,
+        drop_path_rate=model_args.drop_path_rate,
+        model_kwargs=model_args.model_kwargs,
+    )
+    model_data_config = data_config(model)
+    logger.info(
+        "model %s, input %s, data config %s",
+        model_args.model_name,
+        model.config.pretrained_cfg.get("input_size"),
+        model_data_config,
+    )
+    train_dataset = splits["train"].with_transform(ImageTransform(create_train_transform(model_data_config)))
+    eval_transform = ImageTransform(create_eval_transform(model_data_config))
+    eval_dataset = splits["eval"].with_transform(eval_transform)
+
+    # ---- training ------------------------------------------------------------------------------
+    callbacks = []
+    if training_args.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=training_args.early_stopping_patience))
+    trainer = MultiLabelTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collate_fn,
+        compute_metrics=compute_metrics,
+        callbacks=callbacks,
+        pos_weight=pos_weight,
+    )
+    train_result = trainer.train(resume_from_checkpoint=resume)
+    trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
+    trainer.log_metrics("train", train_result.metrics)
+    trainer.save_metrics("train", train_result.metrics)
+    trainer.save_state()
+    training_history = list(trainer.state.log_history)  # before the final evaluations add their entries
+
+    # ---- evaluation ----------------------------------------------------------------------------
+    metrics = trainer.evaluate()
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    if "test" in splits:
+        metrics = trainer.evaluate(splits["test"].with_transform(eval_transform), metric_key_prefix="test")
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+
+    # ---- artifacts -----------------------------------------------------------------------------
+    if trainer.is_world_process_zero():
+        plot_training_curves(training_history, os.path.join(training_args.output_dir, TRAINING_CURVES_NAME))
+        save_run_args(os.path.join(training_args.output_dir, "run_args.yaml"), model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main(*parse_args())

@@ -1,0 +1,139 @@
+"""The timm ViT as a transformers ``PreTrainedModel`` with a 15-way multi-label head.
+
+We build on transformers' own ``TimmWrapperForImageClassification`` (model type ``timm_wrapper``), so a saved
+model loads with stock ``AutoModelForImageClassification.from_pretrained`` and
+``pipeline("image-classification")`` without ``trust_remote_code``, and its ``config.json`` carries timm's
+``pretrained_cfg``, from which ``AutoImageProcessor`` rebuilds the eval transform.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from transformers import (
+    AutoModelForImageClassification,
+    TimmWrapperConfig,
+    TimmWrapperForImageClassification,
+    TimmWrapperImageProcessor,
+)
+
+from .constants import DEFAULT_MODEL_NAME, ID2LABEL, LABEL2ID, NUM_LABELS
+
+
+@dataclass
+class ModelArguments:
+    """Which backbone to fine-tune and how to build it."""
+
+    model_name: str = field(
+        default=DEFAULT_MODEL_NAME,
+        metadata={
+            "help": "A timm architecture with an optional pretrained tag (e.g. vit_base_patch16_224."
+            "augreg2_in21k_ft_in1k), or a folder / Hub id of a model saved by cxr-vit to fine-tune further."
+        },
+    )
+    pretrained: bool = field(
+        default=True,
+        metadata={
+            "help": "Start from the tag's ImageNet weights (downloaded by timm from the Hub). "
+            "--pretrained false starts from random weights, e.g. offline."
+        },
+    )
+    image_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "Input resolution; default: the backbone's (224). 384-512 helps small "
+            "findings such as Nodule; position embeddings are resampled."
+        },
+    )
+    drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth rate of the backbone."})
+    model_kwargs: dict[str, Any] | None = field(
+        default=None, metadata={"help": 'Extra timm.create_model keywords, e.g. {"depth": 4} (YAML config).'}
+    )
+
+
+class PretrainedWeightsUnavailable(RuntimeError):
+    """Pretrained weights were asked for and cannot be had; we never fall back to random weights silently."""
+
+
+def _is_saved_model(name: str) -> bool:
+    return (Path(name) / "config.json").is_file() or ("/" in name and not name.startswith(("hf-hub:", "timm/")))
+
+
+def create_model(
+    model_name: str = DEFAULT_MODEL_NAME,
+    pretrained: bool = True,
+    image_size: int | None = None,
+    drop_path_rate: float = 0.0,
+    model_kwargs: dict[str, Any] | None = None,
+) -> TimmWrapperForImageClassification:
+    """A ``TimmWrapperForImageClassification`` with the 15 NIH labels, ``problem_type`` multi-label.
+
+    Args:
+        model_name: timm architecture (``.tag`` optional), or a saved cxr-vit model folder / Hub id.
+        pretrained: load the tag's ImageNet weights through timm; raises if they cannot be fetched (never a
+            silent random init). ``False`` is an explicit random init.
+        image_size: square input size; position embeddings of pretrained weights are resampled by timm.
+        drop_path_rate: stochastic depth of the backbone.
+        model_kwargs: more ``timm.create_model`` keywords (they are stored in ``config.model_args``).
+    """
+    if _is_saved_model(model_name):
+        return AutoModelForImageClassification.from_pretrained(model_name)
+    model_args = dict(model_kwargs or {})
+    if drop_path_rate:
+        model_args["drop_path_rate"] = drop_path_rate
+    if image_size:
+        model_args["img_size"] = image_size
+    # timm fetches the weights (and resamples position embeddings for another image size, and drops the
+    # 1000-class head) far better than a state-dict copy could; we then move them into the wrapper.
+    try:
+        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=NUM_LABELS, **model_args)
+    except OSError as err:  # huggingface_hub's download errors are OSErrors
+        if not pretrained:
+            raise
+        raise PretrainedWeightsUnavailable(
+            f"could not fetch the pretrained weights of {model_name!r} from the Hugging Face Hub: {err}\n"
+            "Check the network / HF_ENDPOINT / HF_HUB_OFFLINE, or pass --pretrained false to train from random "
+            "weights on purpose."
+        ) from err
+    pretrained_cfg = {k: v for k, v in backbone.pretrained_cfg.items() if k != "num_classes"}
+    if image_size:
+        pretrained_cfg["input_size"] = (3, image_size, image_size)
+    config = TimmWrapperConfig(
+        architecture=pretrained_cfg.get("architecture", model_name.split(".")[0]),
+        num_labels=NUM_LABELS,
+        id2label=dict(ID2LABEL),
+        label2id=dict(LABEL2ID),
+        problem_type="multi_label_classification",
+        model_args=model_args or None,
+        pretrained_cfg=pretrained_cfg,
+    )
+    model = TimmWrapperForImageClassification(config)
+    model.timm_model.load_state_dict(backbone.state_dict())
+    return model
+
+
+def create_image_processor(model_or_path: TimmWrapperForImageClassification | str | os.PathLike):
+    """The eval-time processor (resize, center crop, normalise) from the model's ``pretrained_cfg``."""
+    if isinstance(model_or_path, (str, os.PathLike)):
+        from transformers import AutoImageProcessor
+
+        return AutoImageProcessor.from_pretrained(model_or_path)
+    return TimmWrapperImageProcessor(
+        pretrained_cfg=model_or_path.config.pretrained_cfg, architecture=model_or_path.config.architecture
+    )
+
+
+def data_config(model: TimmWrapperForImageClassification) -> dict[str, Any]:
+    """timm's resolved data config (input_size, mean, std, interpolation, crop_pct) of the model."""
+    return timm.data.resolve_data_config(dict(model.config.pretrained_cfg), model=None, verbose=False)
+
+
+@torch.no_grad()
+def predict_probabilities(model: TimmWrapperForImageClassification, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Sigmoid probabilities in the canonical label order."""
+    return torch.sigmoid(model(pixel_values=pixel_values).logits.float())

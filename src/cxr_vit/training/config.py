@@ -1,0 +1,144 @@
+"""Run configuration: data arguments, ``CXRTrainingArguments`` and a parser that also reads a YAML file.
+
+Precedence: command-line flags > ``--config file.yaml`` > the defaults below.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import HfArgumentParser, TrainingArguments
+
+from ..modeling import ModelArguments
+
+
+@dataclass
+class DataArguments:
+    """Which prepared dataset to train on (see ``scripts/prepare_data.py``)."""
+
+    dataset_name: str = field(
+        default="data/nih_mini_prepared",
+        metadata={"help": "A folder written by scripts/prepare_data.py, or a Hub dataset id."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, if any."})
+    train_split: str = field(default="train")
+    eval_split: str = field(default="validation", metadata={"help": "Split for model selection."})
+    test_split: str | None = field(default="test", metadata={"help": "Split reported at the end; none to skip."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate eval/test (debugging)."})
+    images_dir: str | None = field(
+        default=None,
+        metadata={"help": "With labels_csv: prepare dataset_name from these NIH files first if it does not exist."},
+    )
+    labels_csv: str | None = field(default=None, metadata={"help": "NIH label CSV for that preparation."})
+    prepare_image_size: int | None = field(default=None, metadata={"help": "--image_size of that preparation."})
+
+    def __post_init__(self):
+        if (self.images_dir is None) != (self.labels_csv is None):
+            raise ValueError("give both --images_dir and --labels_csv (to prepare the dataset), or neither")
+        if self.test_split in ("", "none", "None"):
+            self.test_split = None
+
+
+@dataclass
+class CXRTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` with defaults for multi-label chest X-ray fine-tuning.
+
+    Parameters that differ from ``TrainingArguments``:
+        eval_strategy / save_strategy / logging_strategy: ``"epoch"``.
+        load_best_model_at_end: ``True``, by ``metric_for_best_model="auc_macro"`` (14-finding macro ROC-AUC).
+        lr_scheduler_type: ``"cosine"`` with ``warmup_steps=0.05`` (a ratio of all steps).
+        learning_rate: ``1e-4``, weight_decay ``0.05``: the usual ViT fine-tuning range.
+        bf16: ``None`` = on exactly when the GPU supports it.
+        remove_unused_columns: ``False`` (the image column is consumed by ``with_transform``).
+        report_to: ``["tensorboard"]``; save_total_limit ``2``.
+
+    Parameters of our own:
+        pos_weight: weight positives per label by the train split's negative/positive ratio in the BCE loss.
+        early_stopping_patience: stop after this many evaluations without a better ``auc_macro``.
+    """
+
+    output_dir: str = field(default="outputs/cxr-vit", metadata={"help": "Where checkpoints and results go."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: no / steps / epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no / steps / epoch / best."})
+    logging_strategy: str = field(default="epoch", metadata={"help": "When to log: no / steps / epoch."})
+    load_best_model_at_end: bool = field(default=True, metadata={"help": "Keep the best checkpoint, not the last."})
+    metric_for_best_model: str | None = field(default="auc_macro", metadata={"help": "Model-selection metric."})
+    greater_is_better: bool | None = field(default=True, metadata={"help": "Higher metric is better."})
+    lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
+    warmup_steps: float = field(default=0.05, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
+    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
+    num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
+    bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: when the GPU supports it."})
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the image column for transforms."})
+    report_to: None | str | list[str] = field(
+        default="tensorboard", metadata={"help": "Loggers: tensorboard, none, ..."}
+    )
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (best is never removed)."})
+    pos_weight: bool = field(
+        default=False, metadata={"help": "Weight each label's positives by its train negative/positive ratio."}
+    )
+    early_stopping_patience: int | None = field(
+        default=None, metadata={"help": "Stop after this many evaluations without improvement."}
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None:
+            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        if not torch.cuda.is_available():
+            self.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per DataLoader
+        if self.early_stopping_patience is not None and not self.load_best_model_at_end:
+            raise ValueError("--early_stopping_patience needs --load_best_model_at_end true")
+        super().__post_init__()
+
+
+ARGUMENT_CLASSES = (ModelArguments, DataArguments, CXRTrainingArguments)
+
+
+def _set_defaults_from_yaml(parser: HfArgumentParser, path: str) -> None:
+    """Make the YAML file's values the parser's defaults, so explicit flags still win."""
+    values = yaml.safe_load(Path(path).read_text()) or {}
+    actions = {action.dest: action for action in parser._actions}
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}")
+    for key, value in values.items():
+        action = actions[key]
+        # YAML reads 1e-4 as a string; convert through the option's own type like a flag would be.
+        if isinstance(value, str) and action.type not in (None, str):
+            value = action.type(value)
+        values[key] = value
+    parser.set_defaults(**values)
+    # A value from the file satisfies a required option.
+    for key in values:
+        actions[key].required = False
+
+
+def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArguments, CXRTrainingArguments]:
+    """Parse ``[--config F.yaml] [--flag value ...]`` into the three argument dataclasses."""
+    args = list(sys.argv[1:] if args is None else args)
+    parser = HfArgumentParser(ARGUMENT_CLASSES)
+    parser.add_argument("--config", default=None, help="YAML file of options; command-line flags override it.")
+    known, _ = parser.parse_known_args(args)
+    if known.config:
+        _set_defaults_from_yaml(parser, known.config)
+    *dataclasses, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
+    remaining = [item for item in remaining if item]
+    if remaining:
+        parser.error(f"unrecognized arguments: {remaining}")
+    model_args, data_args, training_args = dataclasses[:3]
+    return model_args, data_args, training_args
+
+
+def save_run_args(path: str | Path, *arguments) -> None:
+    """Write the resolved arguments as YAML next to the outputs, for reproducibility."""
+    resolved = {}
+    for argument in arguments:
+        values = argument.to_dict() if hasattr(argument, "to_dict") else asdict(argument)
+        resolved[type(argument).__name__] = values
+    Path(path).write_text(yaml.safe_dump(resolved, sort_keys=False, default_flow_style=False))

@@ -1,0 +1,41 @@
+"""Shared fixtures: the bundled real NIH mini set and a prepared copy of it."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+MINI = REPO / "data" / "nih_mini"
+MINI_IMAGES = MINI / "images"
+MINI_KAGGLE_CSV = MINI / "sample_labels.csv"
+MINI_FULL_CSV = MINI / "Data_Entry_2017_v2020.csv"
+TEST_DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session")
+def prepared_mini(tmp_path_factory) -> Path:
+    """The bundled set prepared once with default settings (read-only for tests)."""
+    from cxr_vit.data import prepare_dataset
+
+    output = tmp_path_factory.mktemp("prepared") / "nih_mini"
+    prepare_dataset(MINI_IMAGES, MINI_KAGGLE_CSV, output)
+    return output
+
+
+@pytest.fixture
+def small_nih(tmp_path) -> tuple[Path, Path]:
+    """A writable copy of a few whole patients of the mini set: (images_dir, kaggle_csv)."""
+    frame = pd.read_csv(MINI_KAGGLE_CSV, dtype=str, keep_default_na=False)
+    patients = frame["Patient ID"].drop_duplicates().head(12)
+    frame = frame[frame["Patient ID"].isin(patients)]
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in frame["Image Index"]:
+        shutil.copy(MINI_IMAGES / name, images / name)
+    csv = tmp_path / "labels.csv"
+    frame.to_csv(csv, index=False)
+    return images, csv
