@@ -8,6 +8,9 @@
     python scripts/prepare_data.py --config full --images_dir nih --labels_csv nih/Data_Entry_2017_v2020.csv \\
         --train_val_list nih/train_val_list.txt --test_list nih/test_list.txt \\
         --output_dir data/nih_full_256 --image_size 256 --num_proc 8
+
+    # ... and publish it: load_dataset("you/nih-chestxray14-256") then works anywhere
+    python scripts/prepare_data.py ... --push_to_hub --hub_dataset_id you/nih-chestxray14-256 [--private]
 """
 
 import logging
@@ -16,18 +19,25 @@ import sys
 from transformers import HfArgumentParser
 
 from cxr_vit.data import NIHDataError, PrepareArguments, prepare_dataset
+from cxr_vit.hub import HubAccessError, check_push_access, push_dataset
 
 
 def main(args: PrepareArguments) -> int:
+    private = args.private or None
     try:
+        repo_id = None
+        if args.push_to_hub:  # check the token and repo before the long preparation
+            repo_id = check_push_access(args.hub_dataset_id, args.hub_token, "dataset", private)
         report = prepare_dataset(args.images_dir, args.labels_csv, args.output_dir, **args.build_kwargs())
-    except NIHDataError as err:
+        splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
+        print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
+        if report.skipped:
+            print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
+        if repo_id:
+            print(f"pushed to {push_dataset(args.output_dir, repo_id, args.hub_token, private)}")
+    except (NIHDataError, HubAccessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
-    print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
-    if report.skipped:
-        print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
     return 0
 
 

@@ -23,6 +23,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from cxr_vit.constants import TRAINING_CURVES_NAME
 from cxr_vit.data import ensure_prepared
 from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, create_train_transform
+from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import ModelArguments, create_model, data_config
 from cxr_vit.training import (
@@ -66,6 +67,17 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
     set_seed(training_args.seed)
+    hub_repo_id = None
+    if training_args.push_to_hub:
+        # Fail fast: a bad token or repo id must surface now, not after hours of training.
+        hub_repo_id = check_push_access(
+            training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir)),
+            token=training_args.hub_token,
+            private=training_args.hub_private_repo,
+        )
+        logger.info("will push the final model to %s", hub_repo_id)
+        # We push once, at the end, with our model card; the Trainer would push its own card at every save.
+        training_args.push_to_hub = False
     resume = training_args.resume_from_checkpoint
     if resume == "auto":
         resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
@@ -110,6 +122,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
+    train_result.metrics["train_samples"] = len(splits["train"])
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -117,10 +130,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 
     # ---- evaluation ----------------------------------------------------------------------------
     metrics = trainer.evaluate()
+    metrics["eval_samples"] = len(splits["eval"])
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if "test" in splits:
         metrics = trainer.evaluate(splits["test"].with_transform(eval_transform), metric_key_prefix="test")
+        metrics["test_samples"] = len(splits["test"])
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)
 
@@ -128,7 +143,28 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     if trainer.is_world_process_zero():
         plot_training_curves(training_history, os.path.join(training_args.output_dir, TRAINING_CURVES_NAME))
         save_run_args(os.path.join(training_args.output_dir, "run_args.yaml"), model_args, data_args, training_args)
+        write_model_card(training_args.output_dir, hub_repo_id)
+
+    # ---- hub -----------------------------------------------------------------------------------
+    if hub_repo_id and trainer.is_world_process_zero():
+        try:
+            url = push_model(
+                training_args.output_dir,
+                hub_repo_id,
+                token=training_args.hub_token,
+                private=training_args.hub_private_repo,
+            )
+        except Exception as err:
+            raise SystemExit(
+                f"push to {hub_repo_id} failed: {err}\nThe trained model is safe in {training_args.output_dir}; "
+                f"retry with: python scripts/push_to_hub.py --model_dir {training_args.output_dir} "
+                f"--repo_id {hub_repo_id}"
+            ) from err
+        logger.info("model pushed to %s", url)
 
 
 if __name__ == "__main__":
-    main(*parse_args())
+    try:
+        main(*parse_args())
+    except HubAccessError as err:
+        raise SystemExit(f"error: {err}") from None

@@ -32,7 +32,7 @@ either
   - fsspec caches ``HfFileSystem`` instances (with their endpoint and listing cache): give it a fresh cache;
   - the token comes from ``HF_TOKEN``, which ``huggingface_hub`` reads at call time.
 
-  transformers only goes through ``huggingface_hub`` functions, so nothing of its own needs patching.
+  - transformers caches one ``HfApi`` in ``transformers.utils.hub._hf_api`` on first use: reset it to None.
 
 Behaviour worth knowing: a request carrying a wrong ``Authorization: Bearer`` token gets 401 ``Invalid
 credentials in Authorization header`` on every route, reads included (as on the real Hub); without a token,
@@ -623,6 +623,14 @@ def point_hf_clients_at(endpoint: str, monkeypatch, token: str | None = None, ca
     if cache_dir is not None:
         monkeypatch.setattr(constants, "HF_HUB_CACHE", str(Path(cache_dir) / "hub"))
         monkeypatch.setattr(constants, "AGENT_HARNESSES_PATH", str(Path(cache_dir) / ".agent_harnesses.json"))
+    try:
+        import transformers.utils.hub as transformers_hub
+    except ImportError:
+        pass
+    else:
+        # transformers caches one HfApi (with its endpoint) on first use: start without it.
+        if hasattr(transformers_hub, "_hf_api"):
+            monkeypatch.setattr(transformers_hub, "_hf_api", None)
     try:
         import datasets.config
     except ImportError:

@@ -117,6 +117,21 @@ def create_model(
     return model
 
 
+def timm_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights under timm's own names (without the wrapper's ``timm_model.`` prefix).
+
+    Saved this way, one folder loads in both libraries: transformers' ``TimmWrapper`` adds the prefix back
+    on load, and ``timm.create_model("hf-hub:<id>", pretrained=True)`` reads it as a timm checkpoint.
+    """
+    prefix = TimmWrapperForImageClassification.base_model_prefix + "."
+    return {key.removeprefix(prefix): value for key, value in state_dict.items()}
+
+
+def save_model(model: TimmWrapperForImageClassification, save_directory: str | os.PathLike) -> None:
+    """``save_pretrained`` (safetensors + config.json with ``pretrained_cfg``) with timm-named weights."""
+    model.save_pretrained(save_directory, state_dict=timm_state_dict(model.state_dict()))
+
+
 def create_image_processor(model_or_path: TimmWrapperForImageClassification | str | os.PathLike):
     """The eval-time processor (resize, center crop, normalise) from the model's ``pretrained_cfg``."""
     if isinstance(model_or_path, (str, os.PathLike)):

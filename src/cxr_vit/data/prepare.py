@@ -52,11 +52,15 @@ class PrepareArguments:
         metadata={"help": "Missing/unreadable image: stop, or skip and count.", "choices": ["error", "skip"]},
     )
     num_proc: int | None = field(default=None, metadata={"help": "Processes that decode images."})
+    push_to_hub: bool = field(default=False, metadata={"help": "Upload the prepared folder as a Hub dataset."})
+    hub_dataset_id: str | None = field(default=None, metadata={"help": "namespace/name of that dataset repo."})
+    private: bool = field(default=False, metadata={"help": "Create the dataset repo as private."})
+    hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN / login)."})
 
     def build_kwargs(self) -> dict:
-        """Everything but the three paths, as keywords of :func:`build_dataset`."""
-        kwargs = {k: v for k, v in vars(self).items() if k not in ("images_dir", "labels_csv", "output_dir")}
-        return kwargs
+        """The options of :func:`build_dataset` (not the paths, not the Hub options)."""
+        not_build = {"images_dir", "labels_csv", "output_dir", "push_to_hub", "hub_dataset_id", "private", "hub_token"}
+        return {key: value for key, value in vars(self).items() if key not in not_build}
 
 
 @dataclass

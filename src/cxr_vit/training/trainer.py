@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from ..metrics import multilabel_metrics
+from ..modeling import timm_state_dict
 
 
 def positive_weights(labels: np.ndarray, max_weight: float = 100.0) -> torch.Tensor:
@@ -51,6 +52,12 @@ class MultiLabelTrainer(Trainer):
         self._epoch_labels: list[torch.Tensor] = []
         self._epoch_losses: list[torch.Tensor] = []
         self.add_callback(_EpochEnd(self))
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        # Checkpoints and the final model get timm-named weights, so every saved folder also opens in timm.
+        if state_dict is None:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        super()._save(output_dir, state_dict=timm_state_dict(state_dict))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
