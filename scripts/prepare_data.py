@@ -31,6 +31,8 @@ def main(args: PrepareArguments) -> int:
         report = prepare_dataset(args.images_dir, args.labels_csv, args.output_dir, **args.build_kwargs())
         splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
         print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
+        if report.num_unlisted:
+            print(f"note: {report.num_unlisted} image(s) in {args.images_dir} are not in the CSV and were not used")
         if report.skipped:
             print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
         if repo_id:

@@ -18,10 +18,9 @@ import os
 import datasets
 import transformers
 from transformers import EarlyStoppingCallback, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from cxr_vit.constants import TRAINING_CURVES_NAME
-from cxr_vit.data import ensure_prepared
+from cxr_vit.data import NIHDataError, check_prepared_features, ensure_prepared
 from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, create_train_transform
 from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
 from cxr_vit.metrics import compute_metrics
@@ -35,6 +34,7 @@ from cxr_vit.training import (
     positive_weights,
     save_run_args,
 )
+from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
 
 logger = logging.getLogger("train")
 
@@ -49,7 +49,13 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
                 image_size=data_args.prepare_image_size,
                 seed=training_args.seed,
             )
-    dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    try:
+        dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as err:
+        raise NIHDataError(
+            f"--dataset_name {data_args.dataset_name!r} is neither a prepared folder nor a reachable Hub dataset "
+            f"({err}). Prepare one with scripts/prepare_data.py, or pass --images_dir and --labels_csv."
+        ) from err
     wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
     splits = {}
     for role, name in wanted.items():
@@ -57,6 +63,7 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
             continue
         if name not in dataset:
             raise ValueError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
+        check_prepared_features(dataset[name], f"{data_args.dataset_name}[{name}]")
         limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
         splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]
     return splits
@@ -78,10 +85,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         logger.info("will push the final model to %s", hub_repo_id)
         # We push once, at the end, with our model card; the Trainer would push its own card at every save.
         training_args.push_to_hub = False
-    resume = training_args.resume_from_checkpoint
-    if resume == "auto":
-        resume = get_last_checkpoint(training_args.output_dir) if os.path.isdir(training_args.output_dir) else None
-        logger.info("resuming from %s", resume or "scratch (no checkpoint found)")
+    resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
 
     # ---- data ----------------------------------------------------------------------------------
     splits = load_splits(data_args, training_args)
@@ -166,5 +170,5 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 if __name__ == "__main__":
     try:
         main(*parse_args())
-    except HubAccessError as err:
+    except (HubAccessError, NIHDataError, CheckpointError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -53,7 +53,11 @@ def test_compute_metrics_applies_sigmoid_to_logits():
     targets = (rng.random((30, 15)) < 0.4).astype(float)
     from_logits = compute_metrics(EvalPrediction(predictions=logits, label_ids=targets))
     from_probabilities = multilabel_metrics(1 / (1 + np.exp(-logits)), targets)
+    bce = from_logits.pop("bce")
     assert from_logits == pytest.approx(from_probabilities)
+    # mean over every label of every image: -[y log p + (1 - y) log(1 - p)]
+    p = 1 / (1 + np.exp(-logits))
+    assert bce == pytest.approx(np.mean(-(targets * np.log(p) + (1 - targets) * np.log(1 - p))))
 
 
 def test_shape_errors_are_clear():

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 from transformers import EvalPrediction
 
@@ -52,8 +53,17 @@ def multilabel_metrics(probabilities: np.ndarray, targets: np.ndarray) -> dict[s
 
 
 def compute_metrics(eval_prediction: EvalPrediction) -> dict[str, float]:
-    """``Trainer`` hook: logits and multi-hot labels -> :func:`multilabel_metrics`."""
+    """``Trainer`` hook: logits and multi-hot labels -> :func:`multilabel_metrics` plus ``bce``.
+
+    ``bce`` is the unweighted BCE over exactly the evaluated images. The Trainer's own ``loss`` averages
+    per-batch means, which shifts slightly with batch composition (e.g. the number of processes).
+    """
     logits = eval_prediction.predictions
     if isinstance(logits, tuple):
         logits = logits[0]
-    return multilabel_metrics(sigmoid(logits), eval_prediction.label_ids)
+    metrics = multilabel_metrics(sigmoid(logits), eval_prediction.label_ids)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        torch.as_tensor(logits, dtype=torch.float64), torch.as_tensor(eval_prediction.label_ids, dtype=torch.float64)
+    )
+    metrics["bce"] = float(bce)
+    return metrics

@@ -2,7 +2,14 @@
 
 from .builder import NIHChestXray14, NIHChestXray14Config, nih_features
 from .nih import NIHDataError, read_labels_csv
-from .prepare import PrepareArguments, PrepareReport, build_dataset, ensure_prepared, prepare_dataset
+from .prepare import (
+    PrepareArguments,
+    PrepareReport,
+    build_dataset,
+    check_prepared_features,
+    ensure_prepared,
+    prepare_dataset,
+)
 from .splits import patient_wise_split
 
 __all__ = [
@@ -12,6 +19,7 @@ __all__ = [
     "PrepareArguments",
     "PrepareReport",
     "build_dataset",
+    "check_prepared_features",
     "ensure_prepared",
     "nih_features",
     "patient_wise_split",

@@ -23,7 +23,7 @@ from huggingface_hub import DatasetCardData
 from ..cards import render_card
 from ..constants import LABELS, SPLITS
 from .builder import NIHChestXray14
-from .nih import NIHDataError, read_labels_csv
+from .nih import NIHDataError, index_images, read_labels_csv
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +70,8 @@ class PrepareReport:
     csv_rows: int
     split_rows: dict[str, int]
     skipped: list[str] = field(default_factory=list)
+    # Images in the folder that the CSV does not list: ignored (a subset CSV is normal), but counted.
+    num_unlisted: int = 0
 
     @property
     def num_skipped(self) -> int:
@@ -119,6 +121,7 @@ def build_dataset(
         csv_rows=len(listed),
         split_rows={split: dataset[split].num_rows for split in SPLITS},
         skipped=sorted(set(listed) - kept),
+        num_unlisted=len(set(index_images(images_dir)) - set(listed)),
     )
     return dataset, report
 
@@ -173,6 +176,7 @@ def write_prepared(
         split_rows=report.split_rows,
         num_skipped=report.num_skipped,
         skipped_examples=report.skipped[:20],
+        num_unlisted=report.num_unlisted,
         **card_values,
     )
     card.save(output_dir / "README.md")
@@ -202,6 +206,19 @@ def prepare_dataset(
         write_prepared(dataset, output_dir, report, card_values)
     logger.info("wrote %s: %s, %d skipped", output_dir, report.split_rows, report.num_skipped)
     return report
+
+
+def check_prepared_features(dataset: datasets.Dataset, name: str) -> None:
+    """Fail early, naming the dataset, when it lacks what training needs (an image and 15 labels)."""
+    features = dataset.features
+    problems = []
+    if not isinstance(features.get("image"), datasets.Image):
+        problems.append("no 'image' column of type Image")
+    labels = features.get("labels")
+    if getattr(labels, "length", None) != len(LABELS):
+        problems.append(f"'labels' must be a list of {len(LABELS)} floats in the canonical order, got {labels}")
+    if problems:
+        raise NIHDataError(f"{name} is not a cxr-vit prepared dataset: {'; '.join(problems)}")
 
 
 def ensure_prepared(

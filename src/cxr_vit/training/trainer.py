@@ -66,11 +66,20 @@ class MultiLabelTrainer(Trainer):
         pos_weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=pos_weight)
         if model.training:
+            # One host sync per step: cheap next to a ViT step, and a NaN model must never be saved as "best".
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "
+                    f"(epoch {self.state.epoch or 0:.2f}); training stopped. Lower --learning_rate, check the "
+                    "inputs, or resume from the last checkpoint."
+                )
             self._remember_train_batch(logits.detach(), labels.detach(), loss.detach())
         return (loss, outputs) if return_outputs else loss
 
     def _remember_train_batch(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        probabilities, labels, loss = self.accelerator.gather((torch.sigmoid(logits), labels, loss.reshape(1)))
+        # gather_for_metrics drops the samples a distributed sampler repeats to even out the last batch.
+        probabilities, labels = self.accelerator.gather_for_metrics((torch.sigmoid(logits), labels))
+        loss = self.accelerator.gather(loss.reshape(1))
         self._epoch_probabilities.append(probabilities.cpu())
         self._epoch_labels.append(labels.cpu())
         self._epoch_losses.append(loss.float().cpu())
