@@ -133,7 +133,7 @@ def test_two_processes_give_the_same_eval_metrics_as_one(tmp_path, prepared_mini
     for processes in (1, 2):
         output = tmp_path / f"metrics{processes}.json"
         command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
-                   "--master_port", str(29500 + processes), "tests/helpers/distributed_eval.py",
+                   "--master_port", str(29500 + processes), "tests/launch/distributed_eval.py",
                    str(tmp_path / "model"), str(prepared_mini), str(output)]  # fmt: skip
         result = subprocess.run(command, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr[-3000:]

@@ -83,6 +83,8 @@ def create_model(
     """
     if _is_saved_model(model_name):
         return AutoModelForImageClassification.from_pretrained(model_name)
+    if model_name.startswith("timm/"):  # a timm Hub repo id: timm loads it through its hf-hub: prefix
+        model_name = "hf-hub:" + model_name
     model_args = dict(model_kwargs or {})
     if drop_path_rate:
         model_args["drop_path_rate"] = drop_path_rate

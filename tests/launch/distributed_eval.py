@@ -1,6 +1,6 @@
 """Evaluate a saved model with MultiLabelTrainer under torchrun; rank 0 writes the metrics as JSON.
 
-python -m torch.distributed.run --nproc_per_node 2 tests/helpers/distributed_eval.py MODEL DATASET OUT.json
+python -m torch.distributed.run --nproc_per_node 2 tests/launch/distributed_eval.py MODEL DATASET OUT.json
 """
 
 import json
