@@ -204,3 +204,31 @@ def test_loading_is_safe():
         for line in text.splitlines():
             if "torch.load(" in line:
                 assert "weights_only=True" in line, f"{path}: {line.strip()}"
+
+
+def test_predict_battery_names_every_bad_file_and_keeps_the_good(tmp_path, capsys):
+    """Predict on zero-byte, text-named-.png and truncated files next to 16-bit, RGBA and a huge image."""
+    import pandas as pd
+    from inference_helpers import load_script, save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model")
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    source = MINI_IMAGES / "00000001_000.png"
+    gray = Image.open(source)
+    gray.convert("RGBA").save(folder / "rgba.png")
+    Image.fromarray(np.asarray(gray, dtype=np.uint16) * 257).save(folder / "sixteen.png")
+    Image.new("L", (10_000, 10_000), color=90).save(folder / "huge.png")
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("this is a note, not an image")
+    (folder / "truncated.png").write_bytes(source.read_bytes()[:300])
+    output = tmp_path / "preds.csv"
+    code = load_script(REPO / "scripts" / "predict.py").main(
+        ["--model", str(model), str(folder), "--output", str(output)]
+    )
+    assert code == 1  # some files skipped
+    messages = capsys.readouterr().err
+    assert all(name in messages for name in ("empty.png", "text.png", "truncated.png"))
+    frame = pd.read_csv(output)
+    assert sorted(Path(p).name for p in frame["path"]) == ["huge.png", "rgba.png", "sixteen.png"]
+    assert len(frame) + 3 == len(list(folder.iterdir()))  # the counts add up

@@ -31,3 +31,8 @@ SPLITS: tuple[str, ...] = ("train", "validation", "test")
 DEFAULT_MODEL_NAME = "vit_base_patch16_224.augreg2_in21k_ft_in1k"
 
 TRAINING_CURVES_NAME = "training_curves.png"
+
+# Per-label operating thresholds chosen by scripts/evaluate.py on the validation split, stored as extra keys of
+# the model's config.json (transformers keeps unknown config keys), so prediction uses them after a stock load.
+THRESHOLDS_KEY = "cxr_vit_thresholds"
+THRESHOLDS_INFO_KEY = "cxr_vit_thresholds_info"

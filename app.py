@@ -1,0 +1,121 @@
+"""Gradio demo: upload a chest X-ray, see the 15 NIH label probabilities, the positives and Grad-CAM heatmaps.
+
+    python app.py --model outputs/quickstart            # http://127.0.0.1:7860
+    CXR_VIT_MODEL=you/cxr-vit-base python app.py        # a Hugging Face Space: set the variable, keep app.py
+
+Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, which Gradio reads when --host and
+--port are not given. Positives use the per-label thresholds that scripts/evaluate.py stored in the model's
+config.json (0.5 when there are none; the page says which). Research demo, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from cxr_vit.constants import LABELS
+from cxr_vit.prediction import IMAGE_SUFFIXES, ModelLoadError, Predictor, UnreadableImageError, read_image
+
+MODEL_ENV = "CXR_VIT_MODEL"
+MAX_FILE_MB = 25  # a 16-bit 3000x3000 DICOM export is ~18 MB; a real NIH PNG is under 1 MB
+MAX_PIXELS = 40_000_000
+HEATMAP_TOP_K = 3
+NOTICE = (
+    "**Not for clinical use.** A research demo of a model trained on NIH ChestX-ray14 labels, which were mined "
+    "from radiology reports and are known to be noisy. Its outputs are not a diagnosis: do not use them to "
+    "diagnose, treat or triage anyone."
+)
+CSS = "#notice { background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 4px 14px; }"
+
+
+def analyse(predictor: Predictor, path: str | None) -> tuple[dict[str, float], str, Image.Image]:
+    """One upload -> (label probabilities, positives as Markdown, heatmap panel); gr.Error for bad uploads."""
+    if not path:
+        raise gr.Error("Upload a chest X-ray (PNG or JPEG).")
+    name = Path(path).name
+    size_mb = os.path.getsize(path) / 1024**2
+    if size_mb > MAX_FILE_MB:
+        raise gr.Error(f"{name} is {size_mb:.0f} MB: the limit is {MAX_FILE_MB} MB.")
+    try:
+        with Image.open(path) as header:  # reads the header only: reject huge images before decoding them
+            width, height = header.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise gr.Error(f"{name} is not an image this demo can read: upload a PNG or JPEG chest X-ray.") from err
+    if width * height > MAX_PIXELS:
+        raise gr.Error(f"{name} is {width}x{height} pixels: the limit is {MAX_PIXELS // 1_000_000} megapixels.")
+    try:
+        image = read_image(path)
+    except UnreadableImageError as err:
+        raise gr.Error(f"{name} could not be decoded (broken or truncated file): upload a PNG or JPEG.") from err
+    prediction = predictor.predict([image], heatmap_top_k=HEATMAP_TOP_K)[0]
+    probabilities = {label: float(p) for label, p in zip(LABELS, prediction.probabilities, strict=True)}
+    return probabilities, positives_markdown(predictor, probabilities), prediction.heatmap
+
+
+def positives_markdown(predictor: Predictor, probabilities: dict[str, float]) -> str:
+    """The labels at or above their thresholds, each with its probability and threshold, and the rule used."""
+    thresholds = dict(zip(LABELS, predictor.thresholds, strict=True))
+    lines = [
+        f"- **{label}**: {probabilities[label]:.3f} (threshold {thresholds[label]:.3f})"
+        for label in sorted(probabilities, key=probabilities.get, reverse=True)
+        if probabilities[label] >= thresholds[label]
+    ]
+    body = "\n".join(lines) if lines else "None of the 15 labels reaches its threshold."
+    return f"### Positive at the stored thresholds\n{body}\n\n<small>{predictor.thresholds_source}</small>"
+
+
+def build_demo(predictor: Predictor, model_name: str) -> gr.Blocks:
+    with gr.Blocks(title="cxr-vit chest X-ray demo") as demo:
+        gr.Markdown(f"# Chest X-ray findings (NIH ChestX-ray14, 15 labels)\nModel: `{model_name}`")
+        gr.Markdown(f"⚠️ {NOTICE}", elem_id="notice")
+        with gr.Row():
+            with gr.Column(scale=1):
+                upload = gr.File(
+                    label="Chest X-ray (PNG or JPEG; grayscale, RGB or 16-bit)",
+                    file_types=list(IMAGE_SUFFIXES),
+                    type="filepath",
+                    elem_id="upload",
+                )
+                positives = gr.Markdown(elem_id="positives")
+            with gr.Column(scale=1):
+                probabilities = gr.Label(
+                    num_top_classes=len(LABELS),
+                    label="Probabilities (independent, sorted)",
+                    show_heading=False,  # a multi-label output has no single "the" answer to headline
+                    elem_id="probabilities",
+                )
+        heatmap = gr.Image(
+            label=f"Grad-CAM: where the model looked for its top {HEATMAP_TOP_K} findings",
+            type="pil",
+            interactive=False,
+            elem_id="heatmap",
+        )
+        upload.upload(functools.partial(analyse, predictor), inputs=upload, outputs=[probabilities, positives, heatmap])
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=os.environ.get(MODEL_ENV), help=f"Model folder or Hub id (or ${MODEL_ENV}).")
+    parser.add_argument("--host", default=None, help="Address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1).")
+    parser.add_argument("--port", type=int, default=None, help="Port (default: $GRADIO_SERVER_PORT or 7860).")
+    parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+    args = parser.parse_args(argv)
+    if not args.model:
+        parser.error(f"give --model (a cxr-vit model folder or Hub id) or set {MODEL_ENV}")
+    try:
+        predictor = Predictor.from_pretrained(args.model, device=args.device)
+    except ModelLoadError as err:
+        parser.exit(2, f"error: {err}\n")
+    build_demo(predictor, args.model).launch(
+        server_name=args.host, server_port=args.port, max_file_size=f"{MAX_FILE_MB}mb", show_error=True, css=CSS
+    )
+
+
+if __name__ == "__main__":
+    main()

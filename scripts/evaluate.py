@@ -1,0 +1,137 @@
+"""Evaluate a cxr-vit model on a prepared dataset split and choose its per-label operating thresholds.
+
+    python scripts/evaluate.py --model outputs/quickstart --dataset_name data/nih_mini_prepared \
+        [--split test] --output_dir outputs/quickstart/evaluation [--n_bootstrap 1000]
+
+Writes report.json, report.md, roc_curves.png and pr_curves.png to --output_dir: per-label ROC-AUC and AUPRC
+with 95% confidence intervals from a bootstrap over patients, the 14-finding macro AUC as the headline,
+No Finding apart, and sensitivity / specificity / PPV / F1 at per-label thresholds chosen by Youden's J on the
+validation split. The thresholds are written into the model's config.json (key cxr_vit_thresholds), where
+scripts/predict.py and app.py read them. For a Hub id, an updated config.json goes to --output_dir instead,
+with the command that uploads it.
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+
+from cxr_vit.evaluation import (
+    THRESHOLD_RULE,
+    evaluate_model,
+    format_ci,
+    store_thresholds,
+    threshold_config_entries,
+    write_report,
+)
+from cxr_vit.prediction import ModelLoadError, load_model
+
+REQUIRED_COLUMNS = ("image", "labels", "patient_id")
+
+
+def load_splits(name: str, config: str | None, split: str, validation_split: str) -> tuple:
+    """The evaluated and validation splits, or a ValueError that names the dataset and what is missing."""
+    try:
+        dataset = datasets.load_dataset(name, config)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
+        raise ValueError(f"could not load the dataset {name!r}: {err}") from err
+    for wanted in (split, validation_split):
+        if wanted not in dataset:
+            raise ValueError(f"{name} has no split {wanted!r} (it has {list(dataset)})")
+        missing = [column for column in REQUIRED_COLUMNS if column not in dataset[wanted].column_names]
+        if missing:
+            raise ValueError(f"split {wanted!r} of {name} lacks the column(s) {missing}: prepare it with cxr-vit")
+    return dataset[split], dataset[validation_split]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id.")
+    parser.add_argument("--dataset_name", required=True, help="A prepared dataset folder or Hub id.")
+    parser.add_argument("--dataset_config_name", default=None)
+    parser.add_argument("--split", default="test", help="The split to report on (default: test).")
+    parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
+    parser.add_argument("--output_dir", required=True, help="Where report.json/.md and the curves go.")
+    parser.add_argument("--n_bootstrap", type=int, default=1000, help="Patient resamples for the CIs.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    parser.add_argument(
+        "--save_thresholds",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Store the chosen thresholds in the model's config.json (default: yes).",
+    )
+    args = parser.parse_args(argv)
+    if args.n_bootstrap < 1 or args.batch_size < 1:
+        parser.error("--n_bootstrap and --batch_size must be at least 1")
+
+    try:
+        model = load_model(args.model)
+        evaluated, validation = load_splits(
+            args.dataset_name, args.dataset_config_name, args.split, args.validation_split
+        )
+    except (ModelLoadError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.split == args.validation_split:
+        print(
+            f"warning: thresholds are chosen on {args.split!r}, the split evaluated: the sensitivity, specificity, "
+            "PPV and F1 are optimistic",
+            file=sys.stderr,
+        )
+
+    evaluation = evaluate_model(
+        model,
+        evaluated,
+        validation,
+        n_bootstrap=args.n_bootstrap,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.num_workers,
+    )
+    evaluation.report.update(
+        model=args.model, dataset=args.dataset_name, split=args.split, validation_split=args.validation_split
+    )
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if args.save_thresholds:
+        info = {"rule": THRESHOLD_RULE, "dataset": args.dataset_name, "split": args.validation_split}
+        entries = threshold_config_entries(evaluation.thresholds, info)
+        saved = None
+        if Path(args.model).is_dir():
+            try:
+                saved = store_thresholds(args.model, entries)
+            except OSError as err:
+                print(f"warning: cannot update {args.model}/config.json ({err}); writing it to {output_dir}")
+        if saved is None:  # a Hub id (we never push on the user's behalf) or a read-only folder
+            model.config.update(entries)
+            model.config.save_pretrained(output_dir)
+            saved = output_dir / "config.json"
+            print(
+                f"the config.json with thresholds is in {saved}; copy it into the model, e.g. for a Hub id:\n"
+                f"  hf upload {args.model} {saved} config.json",
+                file=sys.stderr,
+            )
+        evaluation.report["thresholds_saved_to"] = str(saved)
+
+    paths = write_report(evaluation, output_dir)
+    macro = evaluation.report["auc_macro"]
+    print(
+        f"macro AUC (14 findings) on {args.split}: {format_ci(macro)} "
+        f"({macro['n_resamples']}/{args.n_bootstrap} resamples had every finding's two classes)"
+    )
+    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    if args.save_thresholds:
+        print(f"thresholds stored in {evaluation.report['thresholds_saved_to']}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

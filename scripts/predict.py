@@ -1,0 +1,85 @@
+"""Predict the 15 NIH labels for X-ray image files and folders, optionally with Grad-CAM heatmaps.
+
+    python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/]
+
+PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
+work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
+`positives`, the labels at or above the per-label thresholds that scripts/evaluate.py stored in the model's
+config.json (0.5 when none are stored; the script says which). Unreadable files are named and skipped.
+
+Exit code: 0 all images predicted, 1 some files were skipped, 2 bad arguments (model, paths, no images).
+"""
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cxr_vit.prediction import (
+    ModelLoadError,
+    Predictor,
+    UnreadableImageError,
+    find_images,
+    heatmap_file_name,
+    predict_files,
+    predictions_frame,
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files and/or folders.")
+    parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id.")
+    parser.add_argument("--output", required=True, help="CSV file to write.")
+    parser.add_argument("--heatmaps", metavar="DIR", help="Write a Grad-CAM overlay PNG per image here.")
+    parser.add_argument("--heatmap_top_k", type=int, default=3, help="Findings per heatmap panel (default 3).")
+    parser.add_argument("--batch_size", type=int, default=32)
+    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes that decode images.")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch_size must be at least 1")
+    if not 1 <= args.heatmap_top_k <= 14:
+        parser.error("--heatmap_top_k must be between 1 and 14")
+
+    try:
+        paths = find_images(args.paths)
+        predictor = Predictor.from_pretrained(args.model, device=args.device)
+    except (FileNotFoundError, ModelLoadError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if not paths:
+        print(f"error: no .png/.jpg/.jpeg files in {' '.join(args.paths)}", file=sys.stderr)
+        return 2
+    print(predictor.thresholds_source, file=sys.stderr)
+
+    heatmap_dir = Path(args.heatmaps) if args.heatmaps else None
+    if heatmap_dir:
+        heatmap_dir.mkdir(parents=True, exist_ok=True)
+    predictions, skipped, heatmap_paths, taken = [], [], [], set()
+    top_k = args.heatmap_top_k if heatmap_dir else 0
+    for result in predict_files(predictor, paths, args.batch_size, top_k, args.num_workers):
+        if isinstance(result, UnreadableImageError):
+            skipped.append(str(result))
+            continue
+        if heatmap_dir:
+            heatmap_path = heatmap_dir / heatmap_file_name(result.path, taken)
+            result.heatmap.save(heatmap_path)
+            heatmap_paths.append(str(heatmap_path))
+        predictions.append(result)
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    predictions_frame(predictions, heatmap_paths if heatmap_dir else None).to_csv(
+        output, index=False, float_format="%.6f"
+    )
+    print(f"wrote {len(predictions)} predictions to {output}" + (f", heatmaps in {heatmap_dir}" if heatmap_dir else ""))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Heatmaps of where the ViT looked for a finding: Grad-CAM on the tokens of the last block.
+
+Method: Grad-CAM (Selvaraju et al. 2017) adapted to ViT, as in pytorch-grad-cam's ViT recipe: the patch
+tokens *entering* the last block's attention (the output of ``blocks[-1].norm1``) are the feature map; each
+channel is weighted by the mean gradient of one label's logit over the patches, the weighted sum is ReLU'd,
+laid out on the patch grid, upsampled to the input size and scaled to [0, 1].
+
+Why not attention rollout: rollout is class-agnostic (one map for all 15 outputs, so it cannot say where the
+model saw Effusion as opposed to Cardiomegaly) and needs the attention matrices, which timm's fused SDPA
+attention never materialises. Why those tokens: with class-token pooling, the last block's *output* patch
+tokens never reach the logits (their gradient is zero); its input tokens reach them through the last attention.
+
+Maps are drawn on the image as the model saw it (the eval transform's resize and center crop), so every
+heatmap pixel lines up with the pixel it explains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import matplotlib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from transformers import TimmWrapperForImageClassification
+
+
+def _last_block_norm(model: TimmWrapperForImageClassification) -> torch.nn.Module:
+    blocks = getattr(model.timm_model, "blocks", None)
+    if blocks is None or len(blocks) == 0 or not hasattr(blocks[-1], "norm1"):
+        raise ValueError(
+            f"Grad-CAM needs a timm Vision Transformer (blocks[-1].norm1); {model.config.architecture!r} has none"
+        )
+    return blocks[-1].norm1
+
+
+def grad_cam(
+    model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor
+) -> torch.Tensor:
+    """Grad-CAM maps, shape ``(batch, k, height, width)``, each scaled to [0, 1].
+
+    ``label_indices`` is ``(batch, k)``: which labels to explain for each image (e.g. its top-k findings).
+    Images in a batch are independent in a ViT, so one backward pass per rank serves the whole batch.
+    """
+    if label_indices.dim() != 2 or label_indices.shape[0] != pixel_values.shape[0]:
+        raise ValueError(f"label_indices must be (batch, k), got {tuple(label_indices.shape)}")
+    timm_model = model.timm_model
+    captured: dict[str, torch.Tensor] = {}
+    handle = _last_block_norm(model).register_forward_hook(lambda _m, _i, output: captured.update(tokens=output))
+    try:
+        with torch.enable_grad():
+            # requires_grad on the input keeps a graph even when the weights are frozen.
+            logits = model(pixel_values=pixel_values.detach().requires_grad_(True)).logits
+            tokens = captured["tokens"]
+            maps = []
+            for rank in range(label_indices.shape[1]):
+                selected = logits.gather(1, label_indices[:, rank : rank + 1].to(logits.device)).sum()
+                (gradients,) = torch.autograd.grad(selected, tokens, retain_graph=rank < label_indices.shape[1] - 1)
+                maps.append(_cam(tokens.detach(), gradients, timm_model.num_prefix_tokens, pixel_values.shape[-2:]))
+    finally:
+        handle.remove()
+    return torch.stack(maps, dim=1) if maps else pixel_values.new_zeros((pixel_values.shape[0], 0, 1, 1))
+
+
+def _cam(tokens: torch.Tensor, gradients: torch.Tensor, num_prefix: int, size: Sequence[int]) -> torch.Tensor:
+    patches, patch_gradients = tokens[:, num_prefix:].float(), gradients[:, num_prefix:].float()
+    weights = patch_gradients.mean(dim=1, keepdim=True)  # (batch, 1, channels)
+    cam = torch.relu((weights * patches).sum(dim=-1))  # (batch, patches)
+    height, width = size
+    grid = int(round((cam.shape[1] * height / width) ** 0.5))
+    if grid == 0 or cam.shape[1] % grid:
+        raise ValueError(f"cannot lay {cam.shape[1]} patch tokens on a grid for a {height}x{width} input")
+    cam = cam.reshape(cam.shape[0], 1, grid, cam.shape[1] // grid)
+    cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    low = cam.amin(dim=(1, 2), keepdim=True)
+    span = cam.amax(dim=(1, 2), keepdim=True) - low
+    # A flat map (no positive evidence anywhere) stays all zero instead of dividing by zero.
+    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam)).clamp(0.0, 1.0)
+
+
+def input_view(transform: Callable, image: Image.Image) -> Image.Image:
+    """The image as the model sees it: the eval transform's PIL steps (resize, crop), before tensor/normalise."""
+    view = image
+    for step in getattr(transform, "transforms", []):
+        candidate = step(view)
+        if not isinstance(candidate, Image.Image):
+            break
+        view = candidate
+    return view
+
+
+def overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> Image.Image:
+    """The heatmap (values in [0, 1], any size) in colour over the grayscale view, as RGB."""
+    base = np.asarray(view.convert("L").convert("RGB"), dtype=np.float32) / 255.0
+    heat = Image.fromarray(np.uint8(np.clip(heatmap, 0, 1) * 255)).resize(view.size, Image.Resampling.BILINEAR)
+    colours = matplotlib.colormaps[colormap](np.asarray(heat, dtype=np.float32) / 255.0)[..., :3]
+    blended = (1.0 - alpha) * base + alpha * colours
+    return Image.fromarray(np.uint8(np.clip(blended, 0, 1) * 255 + 0.5), mode="RGB")
+
+
+def heatmap_panel(view: Image.Image, heatmaps: Sequence[tuple[str, np.ndarray]], panel_size: int = 256) -> Image.Image:
+    """One row: the plain input view, then one overlay per ``(caption, heatmap)``, captions underneath."""
+    font = ImageFont.load_default(size=max(10, panel_size // 18))
+    caption_height = panel_size // 8
+    panels = [("model input", view.convert("RGB"))] + [(caption, overlay(view, heat)) for caption, heat in heatmaps]
+    canvas = Image.new("RGB", (panel_size * len(panels), panel_size + caption_height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for index, (caption, picture) in enumerate(panels):
+        left = index * panel_size
+        canvas.paste(picture.resize((panel_size, panel_size), Image.Resampling.BICUBIC), (left, 0))
+        draw.text(
+            (left + panel_size // 2, panel_size + caption_height // 2), caption, fill="black", font=font, anchor="mm"
+        )
+    return canvas

@@ -1,0 +1,224 @@
+"""Inference on image files: find and decode X-rays, predict the 15 probabilities, apply stored thresholds.
+
+A ``Predictor`` wraps a saved cxr-vit model (folder or Hub id) with its eval transform and the per-label
+thresholds that ``scripts/evaluate.py`` stored in ``config.json``; without them it uses 0.5 and says so.
+Files that cannot be decoded are reported by name and skipped, never a crash halfway through a folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
+
+from .constants import FINDINGS, LABEL2ID, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
+from .data.images import load_xray
+from .data.transforms import create_eval_transform, to_rgb
+from .heatmaps import grad_cam, heatmap_panel, input_view
+from .modeling import data_config
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DEFAULT_THRESHOLD = 0.5
+
+
+class UnreadableImageError(ValueError):
+    """A file that is not a decodable PNG/JPEG image; the message names the file."""
+
+
+class ModelLoadError(ValueError):
+    """The model cannot be loaded or is not a 15-label cxr-vit model; the message names it."""
+
+
+def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files given directly, plus every PNG/JPEG under given folders (recursive, sorted).
+
+    Raises ``FileNotFoundError`` naming a path that does not exist: a typo must not look like an empty folder.
+    """
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+    return found
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """Decode any PNG/JPEG flavour (grayscale, RGB, RGBA, 16-bit) to 8-bit grayscale, or raise naming the file."""
+    try:
+        return load_xray(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise UnreadableImageError(f"{path}: not a readable PNG/JPEG image ({err})") from err
+
+
+def load_model(name_or_path: str | os.PathLike) -> TimmWrapperForImageClassification:
+    """``AutoModelForImageClassification.from_pretrained`` plus a check that it has the 15 labels in our order."""
+    name = str(name_or_path)
+    if not Path(name).is_dir() and (Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1):
+        raise ModelLoadError(f"{name}: no such model folder")  # not a Hub id either: say so, not "bad repo id"
+    try:
+        model = AutoModelForImageClassification.from_pretrained(name_or_path)
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"could not load the model {str(name_or_path)!r}: {err}") from err
+    labels = [model.config.id2label.get(i) for i in range(model.config.num_labels)]
+    if labels != list(LABELS) or not hasattr(model, "timm_model"):
+        raise ModelLoadError(
+            f"{str(name_or_path)!r} is not a cxr-vit model: expected a timm_wrapper model with the 15 NIH labels "
+            f"in canonical order, got {type(model).__name__} with labels {labels}"
+        )
+    return model.eval()
+
+
+def load_thresholds(config) -> tuple[np.ndarray, str]:
+    """(thresholds in canonical order, where they came from). 0.5 for every label when none are stored."""
+    stored = getattr(config, THRESHOLDS_KEY, None)
+    if stored is None:
+        return np.full(len(LABELS), DEFAULT_THRESHOLD), (
+            f"no thresholds stored in config.json ({THRESHOLDS_KEY}); using {DEFAULT_THRESHOLD} for every label "
+            "(run scripts/evaluate.py to choose them on the validation split)"
+        )
+    try:
+        if not isinstance(stored, dict) or set(stored) != set(LABELS):
+            raise TypeError
+        values = np.array([float(stored[label]) for label in LABELS])
+    except (TypeError, ValueError):
+        raise ModelLoadError(
+            f"config.json {THRESHOLDS_KEY} must map each of the 15 labels to a number, got {stored!r}"
+        ) from None
+    info = getattr(config, THRESHOLDS_INFO_KEY, None) or {}
+    return values, f"thresholds from config.json: {info.get('rule', 'stored per-label thresholds')}"
+
+
+@dataclass
+class Prediction:
+    """One image's result: probabilities in canonical order, labels at or above their threshold."""
+
+    path: str
+    probabilities: np.ndarray
+    positives: list[str]
+    heatmap: Image.Image | None = None
+
+
+class Predictor:
+    """A model, its eval transform and thresholds: images in, probabilities, positives and heatmaps out."""
+
+    def __init__(self, model: TimmWrapperForImageClassification, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model = model.eval().to(self.device)
+        self.transform = create_eval_transform(data_config(model))
+        self.thresholds, self.thresholds_source = load_thresholds(model.config)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | None = None) -> Predictor:
+        return cls(load_model(name_or_path), device=device)
+
+    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        return torch.stack([self.transform(to_rgb(image)) for image in images]).to(self.device)
+
+    @torch.no_grad()
+    def probabilities(self, pixel_values: torch.Tensor) -> np.ndarray:
+        return torch.sigmoid(self.model(pixel_values=pixel_values).logits.float()).cpu().numpy()
+
+    def positives(self, probabilities: np.ndarray) -> list[str]:
+        return [label for label, p, t in zip(LABELS, probabilities, self.thresholds, strict=True) if p >= t]
+
+    def heatmaps(
+        self, images: Sequence[Image.Image], pixel_values: torch.Tensor, probabilities: np.ndarray, top_k: int = 3
+    ) -> list[Image.Image]:
+        """Per image, a panel: the input view and Grad-CAM overlays of its ``top_k`` most probable findings."""
+        finding_ids = np.array([LABEL2ID[label] for label in FINDINGS])  # "No Finding" has nowhere to look
+        order = finding_ids[np.argsort(-probabilities[:, finding_ids], axis=1, kind="stable")[:, :top_k]]
+        maps = grad_cam(self.model, pixel_values, torch.as_tensor(order)).cpu().numpy()
+        panels = []
+        for image, ranks, image_maps, probs in zip(images, order, maps, probabilities, strict=True):
+            captions = [f"{LABELS[i]} {probs[i]:.2f}" for i in ranks]
+            view = input_view(self.transform, to_rgb(image))
+            panels.append(heatmap_panel(view, list(zip(captions, image_maps, strict=True))))
+        return panels
+
+    def predict(self, images: Sequence[Image.Image], heatmap_top_k: int = 0) -> list[Prediction]:
+        """Predictions for decoded images (``path`` left empty); heatmap panels when ``heatmap_top_k`` > 0."""
+        pixel_values = self.pixel_values(images)
+        probabilities = self.probabilities(pixel_values)
+        panels = self.heatmaps(images, pixel_values, probabilities, heatmap_top_k) if heatmap_top_k > 0 else None
+        return [
+            Prediction("", probs, self.positives(probs), panels[i] if panels else None)
+            for i, probs in enumerate(probabilities)
+        ]
+
+
+class _ImageFiles(Dataset):
+    """Decoded images by path for a DataLoader; a broken file yields its error instead of stopping the run."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = paths
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[Path, Image.Image | None, str | None]:
+        try:
+            return self.paths[index], read_image(self.paths[index]), None
+        except UnreadableImageError as err:
+            return self.paths[index], None, str(err)
+
+
+def predict_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    batch_size: int = 32,
+    heatmap_top_k: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Iterator[Prediction | UnreadableImageError]:
+    """Predictions for image files in order; an unreadable file yields an ``UnreadableImageError`` in its place."""
+    from tqdm.auto import tqdm
+
+    loader = DataLoader(_ImageFiles(paths), batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    with tqdm(total=len(paths), desc="predict", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            readable = [(path, image) for path, image, error in batch if error is None]
+            results = iter(predictor.predict([image for _, image in readable], heatmap_top_k) if readable else [])
+            for path, _, error in batch:
+                if error is not None:
+                    logger.warning("skipped %s", error)
+                    yield UnreadableImageError(error)
+                else:
+                    result = next(results)
+                    result.path = str(path)
+                    yield result
+            bar.update(len(batch))
+
+
+def predictions_frame(predictions: Sequence[Prediction], heatmap_paths: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per image: path, the 15 probabilities (canonical order), ``positives`` joined by ``;``."""
+    frame = pd.DataFrame([p.probabilities for p in predictions], columns=list(LABELS)).astype(float)
+    frame.insert(0, "path", [p.path for p in predictions])
+    frame["positives"] = [";".join(p.positives) for p in predictions]
+    if heatmap_paths is not None:
+        frame["heatmap"] = list(heatmap_paths)
+    return frame
+
+
+def heatmap_file_name(path: str | os.PathLike, taken: set[str]) -> str:
+    """``<stem>_heatmap.png``, numbered when two inputs in different folders share a stem."""
+    stem = Path(path).stem
+    name, counter = f"{stem}_heatmap.png", 1
+    while name in taken:
+        counter += 1
+        name = f"{stem}_{counter}_heatmap.png"
+    taken.add(name)
+    return name

@@ -1,0 +1,170 @@
+"""The Gradio demo: upload checks in-process, then end to end in headless Chromium driven by Selenium.
+
+The browser test starts `python app.py` on a free 127.0.0.1 port with a tiny saved model, uploads a real NIH
+X-ray and checks what the page renders. It keeps a screenshot in tmp_path and, when CXR_VIT_ARTIFACTS_DIR is
+set (CI), a copy there. It skips only when Debian's chromium / chromium-driver are not installed.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import gradio as gr
+import pytest
+from conftest import REPO, TEST_DATA
+from inference_helpers import load_script, only_positive, save_tiny_model
+from PIL import Image
+
+from cxr_vit.constants import LABELS
+from cxr_vit.prediction import Predictor
+
+XRAY = TEST_DATA / "00000011_000.png"
+CHROMIUM = shutil.which("chromium")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTIFACTS_ENV = "CXR_VIT_ARTIFACTS_DIR"
+
+app = load_script(REPO / "app.py")
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return save_tiny_model(tmp_path_factory.mktemp("app") / "tiny", thresholds=only_positive("Effusion"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    return Predictor.from_pretrained(model_dir, device="cpu")
+
+
+def test_analyse_returns_probabilities_positives_and_heatmap(predictor):
+    probabilities, positives, heatmap = app.analyse(predictor, str(XRAY))
+    assert set(probabilities) == set(LABELS) and all(0 <= p <= 1 for p in probabilities.values())
+    assert "**Effusion**" in positives and "Hernia" not in positives
+    assert isinstance(heatmap, Image.Image) and heatmap.size == (4 * 256, 256 + 32)
+
+
+@pytest.mark.parametrize(
+    ("content", "setting", "message"),
+    [
+        (None, None, "Upload a chest X-ray"),
+        (b"just some text", None, "not an image this demo can read"),
+        (XRAY.read_bytes()[:1500], None, "could not be decoded"),
+        (XRAY.read_bytes(), ("MAX_PIXELS", 10_000), "256x256 pixels: the limit"),
+        (XRAY.read_bytes(), ("MAX_FILE_MB", 0.001), "MB: the limit"),
+    ],
+)
+def test_bad_uploads_get_a_clear_message(predictor, tmp_path, monkeypatch, content, setting, message):
+    path = None
+    if content is not None:
+        path = tmp_path / "upload.png"
+        path.write_bytes(content)
+    if setting:
+        monkeypatch.setattr(app, *setting)
+    with pytest.raises(gr.Error, match=message):
+        app.analyse(predictor, str(path) if path else None)
+
+
+# ---- the browser ----------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(server: subprocess.Popen, url: str, log_path, timeout: float = 180.0) -> float:
+    """Seconds until the app answers ``url``; fails with the app's output if it dies or never answers."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if server.poll() is not None:
+            pytest.fail(f"app.py exited with {server.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return time.monotonic() - start
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"app.py did not answer {url} within {timeout:.0f} s:\n{log_path.read_text()}")
+
+
+def headless_chromium():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = CHROMIUM
+    # --no-sandbox: CI runs as root; --disable-dev-shm-usage: small /dev/shm in containers.
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1300"):
+        options.add_argument(argument)
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM and CHROMEDRIVER),
+    reason="needs Debian's chromium and chromedriver: apt-get install -y chromium chromium-driver",
+)
+def test_demo_end_to_end_in_headless_chromium(model_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = {**os.environ, app.MODEL_ENV: str(model_dir), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+    log_path = tmp_path / "app.log"
+    with open(log_path, "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    driver = None
+    try:
+        startup = wait_until_serving(server, url, log_path)
+        print(f"app.py served after {startup:.1f} s")
+        driver = headless_chromium()
+        wait = WebDriverWait(driver, 60)
+        driver.get(url)
+
+        notice = wait.until(lambda d: d.find_element(By.ID, "notice"))
+        assert notice.is_displayed() and "Not for clinical use" in notice.text
+        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+        upload.send_keys(str(XRAY))
+        wait.until(lambda d: "Effusion" in d.find_element(By.ID, "positives").text)
+
+        assert "Positive at the stored thresholds" in driver.find_element(By.ID, "positives").text
+        shown = driver.find_element(By.ID, "probabilities").text
+        assert all(label in shown for label in LABELS), shown
+        heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap img"))
+        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+        assert driver.execute_script("return arguments[0].naturalWidth", heatmap) == 4 * 256  # input + 3 overlays
+
+        screenshot = tmp_path / "demo.png"
+        assert driver.save_screenshot(str(screenshot))
+        assert Image.open(screenshot).size[0] >= 1000
+        if os.environ.get(ARTIFACTS_ENV):
+            os.makedirs(os.environ[ARTIFACTS_ENV], exist_ok=True)
+            shutil.copy(screenshot, os.path.join(os.environ[ARTIFACTS_ENV], "demo.png"))
+
+        # A broken file gets the app's message, not a stack trace.
+        driver.refresh()
+        broken = tmp_path / "broken.png"
+        broken.write_bytes(XRAY.read_bytes()[:1500])
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(broken))
+        wait.until(lambda d: "broken.png could not be decoded" in d.find_element(By.TAG_NAME, "body").text)
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
