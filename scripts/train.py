@@ -14,6 +14,7 @@ Any option can be given as a flag (it overrides the YAML file); see --help.
 
 import logging
 import os
+from collections.abc import Callable
 
 import datasets
 import transformers
@@ -21,6 +22,9 @@ from transformers import EarlyStoppingCallback, set_seed
 
 from cxr_vit.constants import TRAINING_CURVES_NAME
 from cxr_vit.data import NIHDataError, check_prepared_features, ensure_prepared
+from cxr_vit.data.cache import cache_image_size, default_cache_dir, ensure_cache
+from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
+from cxr_vit.data.gpu_augment import BatchImageTransform
 from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, create_train_transform
 from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
 from cxr_vit.metrics import compute_metrics
@@ -69,6 +73,34 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
     return splits
 
 
+def input_datasets(
+    splits: dict[str, datasets.Dataset],
+    data_args: DataArguments,
+    training_args: CXRTrainingArguments,
+    model_data_config: dict,
+) -> tuple[dict, Callable, BatchImageTransform | None]:
+    """Per-role datasets, their collator, and the on-device batch transform (cache pipeline only).
+
+    cache: each split decoded once into a uint8 memmap (built by the main process, reused while it matches
+    the split), read a sorted batch at a time and augmented on the device by the Trainer. datasets: PIL
+    transforms per image in the workers. Evaluation inputs are the same on both.
+    """
+    if training_args.input_pipeline == "datasets":
+        train = splits["train"].with_transform(ImageTransform(create_train_transform(model_data_config)))
+        evaluation = ImageTransform(create_eval_transform(model_data_config))
+        roles = {role: split.with_transform(evaluation) for role, split in splits.items() if role != "train"}
+        return {"train": train, **roles}, collate_fn, None
+    size = cache_image_size(model_data_config)
+    cached = {}
+    with training_args.main_process_first(desc="image cache"):
+        for role, split in splits.items():
+            split_name = getattr(data_args, f"{role}_split")
+            directory = default_cache_dir(data_args.dataset_name, split_name, size, data_args.image_cache_dir)
+            cached[role] = CachedImageDataset(ensure_cache(split, directory, size))
+            logger.info("%s: %d images cached at %d px in %s", role, len(split), size, directory)
+    return cached, collate_batch, BatchImageTransform(model_data_config)
+
+
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: CXRTrainingArguments) -> None:
     # ---- set-up --------------------------------------------------------------------------------
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -106,9 +138,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         model.config.pretrained_cfg.get("input_size"),
         model_data_config,
     )
-    train_dataset = splits["train"].with_transform(ImageTransform(create_train_transform(model_data_config)))
-    eval_transform = ImageTransform(create_eval_transform(model_data_config))
-    eval_dataset = splits["eval"].with_transform(eval_transform)
+    role_datasets, collator, batch_transform = input_datasets(splits, data_args, training_args, model_data_config)
 
     # ---- training ------------------------------------------------------------------------------
     callbacks = []
@@ -117,16 +147,19 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     trainer = MultiLabelTrainer(
         model=model,
         args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        data_collator=collate_fn,
+        train_dataset=role_datasets["train"],
+        eval_dataset=role_datasets["eval"],
+        data_collator=collator,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
         pos_weight=pos_weight,
+        batch_transform=batch_transform,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
     train_result.metrics["train_samples"] = len(splits["train"])
+    if (peak := trainer.peak_gpu_memory_gb()) is not None:
+        train_result.metrics["peak_gpu_memory_gb"] = peak
     trainer.log_metrics("train", train_result.metrics)
     trainer.save_metrics("train", train_result.metrics)
     trainer.save_state()
@@ -138,7 +171,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     if "test" in splits:
-        metrics = trainer.evaluate(splits["test"].with_transform(eval_transform), metric_key_prefix="test")
+        metrics = trainer.evaluate(role_datasets["test"], metric_key_prefix="test")
         metrics["test_samples"] = len(splits["test"])
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)

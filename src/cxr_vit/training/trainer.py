@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
+from ..data.gpu_augment import BatchImageTransform
 from ..metrics import multilabel_metrics
 from ..modeling import timm_state_dict
 
@@ -38,16 +39,25 @@ class MultiLabelTrainer(Trainer):
     Args:
         pos_weight: optional (15,) tensor of positive-class weights for the BCE loss (see
             :func:`positive_weights`).
+        batch_transform: turns uint8 batches (the cache input pipeline) into model inputs on the training
+            device: augmented while training, timm's eval transform otherwise. Float batches pass unchanged.
         *args, **kwargs: passed to :class:`transformers.Trainer`.
 
     At each epoch end it logs ``epoch_loss`` and ``epoch_auc_macro``: the mean loss and the 14-finding macro
     AUC over the epoch's (augmented) training batches, gathered from all processes. These are what the
-    training-curves plot shows for the train side.
+    training-curves plot shows for the train side. On a GPU it also logs ``peak_gpu_memory_gb``.
     """
 
-    def __init__(self, *args, pos_weight: torch.Tensor | None = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        pos_weight: torch.Tensor | None = None,
+        batch_transform: BatchImageTransform | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.pos_weight = pos_weight
+        self.batch_transform = batch_transform
         self._epoch_probabilities: list[torch.Tensor] = []
         self._epoch_labels: list[torch.Tensor] = []
         self._epoch_losses: list[torch.Tensor] = []
@@ -61,7 +71,7 @@ class MultiLabelTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(pixel_values=inputs["pixel_values"])
+        outputs = model(pixel_values=self.model_inputs(inputs["pixel_values"], training=model.training))
         logits = outputs.logits.float()
         pos_weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
         loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=pos_weight)
@@ -76,20 +86,35 @@ class MultiLabelTrainer(Trainer):
             self._remember_train_batch(logits.detach(), labels.detach(), loss.detach())
         return (loss, outputs) if return_outputs else loss
 
+    def model_inputs(self, pixel_values: torch.Tensor, training: bool) -> torch.Tensor:
+        """Model inputs of a batch already on the training device: uint8 cache batches are transformed here."""
+        if self.batch_transform is None or pixel_values.is_floating_point():
+            return pixel_values
+        return self.batch_transform(pixel_values, training=training)
+
+    def peak_gpu_memory_gb(self) -> float | None:
+        """``torch.cuda.max_memory_allocated`` of this process in GiB; ``None`` off CUDA."""
+        if self.args.device.type != "cuda":
+            return None
+        return torch.cuda.max_memory_allocated(self.args.device) / 2**30
+
     def _remember_train_batch(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
         # gather_for_metrics drops the samples a distributed sampler repeats to even out the last batch.
         probabilities, labels = self.accelerator.gather_for_metrics((torch.sigmoid(logits), labels))
         loss = self.accelerator.gather(loss.reshape(1))
-        self._epoch_probabilities.append(probabilities.cpu())
-        self._epoch_labels.append(labels.cpu())
-        self._epoch_losses.append(loss.float().cpu())
+        # Kept on the device until the epoch ends: no device-to-host copy per step.
+        self._epoch_probabilities.append(probabilities)
+        self._epoch_labels.append(labels)
+        self._epoch_losses.append(loss.float())
 
     def log_epoch_train_metrics(self) -> None:
         if not self._epoch_losses:
             return
-        probabilities = torch.cat(self._epoch_probabilities).numpy()
-        labels = torch.cat(self._epoch_labels).numpy()
+        probabilities = torch.cat(self._epoch_probabilities).float().cpu().numpy()
+        labels = torch.cat(self._epoch_labels).float().cpu().numpy()
         logs = {"epoch_loss": float(torch.cat(self._epoch_losses).mean())}
         logs["epoch_auc_macro"] = multilabel_metrics(probabilities, labels)["auc_macro"]
+        if (peak := self.peak_gpu_memory_gb()) is not None:
+            logs["peak_gpu_memory_gb"] = peak
         self._epoch_probabilities, self._epoch_labels, self._epoch_losses = [], [], []
         self.log(logs)

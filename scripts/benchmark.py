@@ -1,0 +1,42 @@
+"""Benchmark the seed notebook's recipe against ours: CPU input path, prepare, cache, worker memory, GPU training.
+
+    # synthesized 1024x1024 NIH-like PNGs with real NIH file names; about a minute on a 2-core CPU
+    python scripts/benchmark.py --output_json outputs/benchmark.json
+
+    # real images (the first --num_images rows of the CSV that exist), on a GPU machine
+    python scripts/benchmark.py --images_dir data/nih_sample/images --labels_csv data/nih_sample/sample_labels.csv \\
+        --num_images 256 --output_json outputs/benchmark_gpu.json
+
+Prints a Markdown table (what each row measures and its number); GPU rows say "not measured yet" without CUDA.
+"""
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from cxr_vit.benchmark import BenchmarkArguments, format_table, run_benchmark
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main(args: BenchmarkArguments) -> None:
+    if not os.path.isabs(args.names_csv):
+        args.names_csv = str(REPO / args.names_csv)  # the bundled CSV, wherever the script is run from
+    results = run_benchmark(args)
+    print(format_table(results))
+    if args.output_json:
+        Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output_json).write_text(json.dumps(results, indent=2, default=str) + "\n")
+        print(f"\nwrote {args.output_json}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        (benchmark_args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
+    except ValueError as err:
+        raise SystemExit(f"error: {err}") from None
+    main(benchmark_args)

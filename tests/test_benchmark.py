@@ -1,0 +1,103 @@
+"""scripts/benchmark.py with tiny settings: it runs, prints the table and writes every JSON key."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+from PIL import Image
+
+from cxr_vit.benchmark import NOT_MEASURED, BenchmarkArguments, interleaved_rates
+from cxr_vit.data.synthetic import synthetic_xray
+
+TINY = [
+    "--num_images", "24", "--synthetic_size", "128", "--prepare_image_size", "64", "--image_size", "32",
+    "--model_name", "vit_tiny_patch16_224", "--cpu_seconds", "0.3", "--cpu_batch_size", "8",
+    "--read_cache_mb", "4",
+]  # fmt: skip
+
+
+def test_benchmark_script_tiny(tmp_path):
+    output = tmp_path / "bench.json"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, str(REPO / "scripts" / "benchmark.py"), *TINY, "--output_json", str(output)]
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads(output.read_text())
+    for section, key in [
+        ("cpu_pipeline", "seed_img_per_s"),
+        ("cpu_pipeline", "ours_img_per_s"),
+        ("cpu_pipeline", "ours_read_only_img_per_s"),
+        ("cpu_pipeline", "datasets_path_img_per_s"),
+        ("prepare", "img_per_s"),
+        ("cache", "img_per_s"),
+    ]:
+        assert results[section][key] > 0, (section, key)
+    assert results["prepare"]["images"] == 24 and results["cache"]["images"] == 24
+    assert results["memory"]["max_worker_private_growth_mb"] < results["memory"]["cache_mb"]
+    gpu = results["gpu"]
+    assert {"seed_end_to_end_img_per_s", "ours_end_to_end_img_per_s", "ours_model_only_img_per_s"} <= set(gpu)
+    assert "device" in results and "peak_memory_gb" in gpu
+    if not torch.cuda.is_available():
+        assert gpu["seed_end_to_end_img_per_s"] is None and gpu["ours_end_to_end_img_per_s"] is None
+        assert gpu["ours_model_only_img_per_s"] is None and gpu["device"] is None
+        assert results["device"].startswith("cpu")
+        assert result.stdout.count(NOT_MEASURED) == 4
+    assert "| CPU, seed (per core) |" in result.stdout and "| prepare (1 process) |" in result.stdout
+
+
+def test_benchmark_arguments_are_checked():
+    with pytest.raises(ValueError, match="at least 24"):
+        BenchmarkArguments(num_images=5)
+    with pytest.raises(ValueError, match="both --images_dir and --labels_csv"):
+        BenchmarkArguments(images_dir="somewhere")
+
+
+def test_synthetic_xray_is_nih_sized(tmp_path):
+    image = synthetic_xray(0)
+    assert image.shape == (1024, 1024) and image.dtype == np.uint8
+    Image.fromarray(image).save(tmp_path / "x.png")
+    assert 450_000 < (tmp_path / "x.png").stat().st_size < 650_000  # real NIH PNGs: ~400-700 KB
+    assert np.array_equal(synthetic_xray(0)[:8], image[:8]) and not np.array_equal(synthetic_xray(1), image)
+
+
+def test_interleaved_rates_keeps_the_best_round():
+    calls = {"a": 0}
+
+    def step() -> int:
+        calls["a"] += 1
+        return 10
+
+    rates = interleaved_rates({"a": step}, seconds=0.03, rounds=3)
+    assert rates["a"] > 0 and calls["a"] >= 6  # a warm-up call and at least one timed call per round
+
+
+def test_gpu_measurement_code_runs_on_cpu(tmp_path):
+    """The GPU section, run on the CPU with a tiny model: every step of it executes and reports images/s."""
+    from cxr_vit.benchmark import measure_gpu
+    from cxr_vit.data.cache import write_cache
+
+    paths = []
+    for index in range(16):  # one full seed batch
+        paths.append(tmp_path / f"{index:08d}_000.png")
+        Image.fromarray(synthetic_xray(index, size=64)).save(paths[-1])
+    labels = np.zeros((16, 15), np.float32)
+    images = [Image.fromarray(synthetic_xray(index, size=35)) for index in range(16)]
+    write_cache(tmp_path / "cache", lambda a, b: images[a:b], labels, 35)  # 35 = eval resize size for 32 px
+    args = BenchmarkArguments(
+        model_name="vit_tiny_patch16_224",
+        image_size=32,
+        batch_size=8,
+        gpu_steps=2,
+        gpu_warmup_steps=1,
+        num_workers=0,
+        torch_compile=False,
+    )
+    results = measure_gpu(args, paths, labels, tmp_path / "cache", device="cpu")
+    for key in ("seed_end_to_end_img_per_s", "ours_model_only_img_per_s", "ours_end_to_end_img_per_s"):
+        assert results[key] > 0, key
+    assert results["peak_memory_gb"] is None and results["status"] == "measured"
