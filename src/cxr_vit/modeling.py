@@ -19,7 +19,6 @@ from transformers import (
     AutoModelForImageClassification,
     TimmWrapperConfig,
     TimmWrapperForImageClassification,
-    TimmWrapperImageProcessor,
 )
 
 from .constants import DEFAULT_MODEL_NAME, ID2LABEL, LABEL2ID, NUM_LABELS
@@ -134,23 +133,6 @@ def save_model(model: TimmWrapperForImageClassification, save_directory: str | o
     model.save_pretrained(save_directory, state_dict=timm_state_dict(model.state_dict()))
 
 
-def create_image_processor(model_or_path: TimmWrapperForImageClassification | str | os.PathLike):
-    """The eval-time processor (resize, center crop, normalise) from the model's ``pretrained_cfg``."""
-    if isinstance(model_or_path, (str, os.PathLike)):
-        from transformers import AutoImageProcessor
-
-        return AutoImageProcessor.from_pretrained(model_or_path)
-    return TimmWrapperImageProcessor(
-        pretrained_cfg=model_or_path.config.pretrained_cfg, architecture=model_or_path.config.architecture
-    )
-
-
 def data_config(model: TimmWrapperForImageClassification) -> dict[str, Any]:
     """timm's resolved data config (input_size, mean, std, interpolation, crop_pct) of the model."""
     return timm.data.resolve_data_config(dict(model.config.pretrained_cfg), model=None, verbose=False)
-
-
-@torch.no_grad()
-def predict_probabilities(model: TimmWrapperForImageClassification, pixel_values: torch.Tensor) -> torch.Tensor:
-    """Sigmoid probabilities in the canonical label order."""
-    return torch.sigmoid(model(pixel_values=pixel_values).logits.float())
