@@ -18,6 +18,7 @@ from pathlib import Path
 
 import datasets
 
+from cxr_vit.data import check_prepared_features
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     evaluate_model,
@@ -27,8 +28,6 @@ from cxr_vit.evaluation import (
     write_report,
 )
 from cxr_vit.prediction import ModelLoadError, load_model
-
-REQUIRED_COLUMNS = ("image", "labels", "patient_id")
 
 
 def load_splits(name: str, config: str | None, split: str, validation_split: str) -> tuple:
@@ -40,9 +39,9 @@ def load_splits(name: str, config: str | None, split: str, validation_split: str
     for wanted in (split, validation_split):
         if wanted not in dataset:
             raise ValueError(f"{name} has no split {wanted!r} (it has {list(dataset)})")
-        missing = [column for column in REQUIRED_COLUMNS if column not in dataset[wanted].column_names]
-        if missing:
-            raise ValueError(f"split {wanted!r} of {name} lacks the column(s) {missing}: prepare it with cxr-vit")
+        check_prepared_features(dataset[wanted], f"{name}[{wanted}]")  # image + 15 labels, as training needs
+        if "patient_id" not in dataset[wanted].column_names:  # the bootstrap resamples patients
+            raise ValueError(f"split {wanted!r} of {name} has no 'patient_id' column: prepare it with cxr-vit")
     return dataset[split], dataset[validation_split]
 
 
