@@ -81,6 +81,9 @@ class BatchImageTransform:
         self.std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.scale, self.ratio, self.degrees, self.translate = scale, ratio, degrees, translate
         self.interpolation = interpolation
+        # mean/std per device, copied there once: a CPU -> GPU copy blocks the host until the GPU has run
+        # everything queued before it, so one per step would stall the training loop.
+        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         # fp32 whatever autocast is active: inputs are cast once by the model's own layers.
@@ -136,11 +139,17 @@ class BatchImageTransform:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) with the model's mean/std, as ``Normalize`` computes it."""
-        mean, std = self.mean.to(pixels.device), self.std.to(pixels.device)
+        mean, std = self.mean_std(pixels.device)
         return pixels.expand(-1, 3, -1, -1).sub(mean).div(std)
 
+    def mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's mean and std as (1, 3, 1, 1) tensors on ``device``."""
+        if device not in self._constants:
+            self._constants[device] = (self.mean.to(device), self.std.to(device))
+        return self._constants[device]
+
     def _train_affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        std, mean = self.std.to(device), self.mean.to(device)
+        mean, std = self.mean_std(device)
         return 1.0 / (255.0 * std), -mean / std
 
 

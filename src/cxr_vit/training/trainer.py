@@ -10,6 +10,7 @@ from transformers import Trainer, TrainerCallback
 from ..data.gpu_augment import BatchImageTransform
 from ..metrics import multilabel_metrics
 from ..modeling import timm_state_dict
+from .throughput import DEFAULT_SKIP_STEPS, ThroughputMeter
 
 
 def positive_weights(labels: np.ndarray, max_weight: float = 100.0) -> torch.Tensor:
@@ -25,11 +26,24 @@ def positive_weights(labels: np.ndarray, max_weight: float = 100.0) -> torch.Ten
     return torch.tensor(np.clip(ratio, 1.0, max_weight), dtype=torch.float32)
 
 
-class _EpochEnd(TrainerCallback):
+# A non-finite loss is looked for on the host every this many steps, and always before a log, an evaluation
+# or a checkpoint: reading it every step would block the host on the GPU once per step.
+NONFINITE_CHECK_STEPS = 25
+
+
+class _StepHooks(TrainerCallback):
+    """Calls the trainer's own per-step and per-epoch checks (a callback runs them at the right moments)."""
+
     def __init__(self, trainer: MultiLabelTrainer):
         self.trainer = trainer
 
+    def on_step_end(self, args, state, control, **kwargs):
+        about_to_use_weights = control.should_log or control.should_evaluate or control.should_save
+        if about_to_use_weights or state.global_step % NONFINITE_CHECK_STEPS == 0:
+            self.trainer.check_finite_loss()
+
     def on_epoch_end(self, args, state, control, **kwargs):
+        self.trainer.check_finite_loss()
         self.trainer.log_epoch_train_metrics()
 
 
@@ -46,6 +60,11 @@ class MultiLabelTrainer(Trainer):
     At each epoch end it logs ``epoch_loss`` and ``epoch_auc_macro``: the mean loss and the 14-finding macro
     AUC over the epoch's (augmented) training batches, gathered from all processes. These are what the
     training-curves plot shows for the train side. On a GPU it also logs ``peak_gpu_memory_gb``.
+    ``self.throughput.metrics()`` gives the training steps' own images/s (:class:`ThroughputMeter`).
+
+    A non-finite training loss stops training with :class:`FloatingPointError` naming the first bad step,
+    before that model is logged, evaluated or saved. The training step never waits on the GPU: the check
+    runs on the device and is read every ``NONFINITE_CHECK_STEPS`` steps and before each log/eval/save.
     """
 
     def __init__(
@@ -58,10 +77,14 @@ class MultiLabelTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.pos_weight = pos_weight
         self.batch_transform = batch_transform
+        # CXRTrainingArguments has throughput_skip_steps; plain TrainingArguments get the default
+        self.throughput = ThroughputMeter(getattr(self.args, "throughput_skip_steps", DEFAULT_SKIP_STEPS))
         self._epoch_probabilities: list[torch.Tensor] = []
         self._epoch_labels: list[torch.Tensor] = []
         self._epoch_losses: list[torch.Tensor] = []
-        self.add_callback(_EpochEnd(self))
+        self._first_nonfinite_step: torch.Tensor | None = None  # on the device; 0 while every loss is finite
+        self.add_callback(_StepHooks(self))
+        self.add_callback(self.throughput)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         # Checkpoints and the final model get timm-named weights, so every saved folder also opens in timm.
@@ -69,22 +92,48 @@ class MultiLabelTrainer(Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, state_dict=timm_state_dict(state_dict))
 
+    def _save_checkpoint(self, *args, **kwargs):
+        with self.throughput.excluded():
+            return super()._save_checkpoint(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        with self.throughput.excluded():
+            return super().evaluate(*args, **kwargs)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(pixel_values=self.model_inputs(inputs["pixel_values"], training=model.training))
         logits = outputs.logits.float()
-        pos_weight = self.pos_weight.to(logits.device) if self.pos_weight is not None else None
-        loss = F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=pos_weight)
+        loss = F.binary_cross_entropy_with_logits(
+            logits, labels.to(logits.dtype), pos_weight=self._pos_weight_on(logits.device)
+        )
         if model.training:
-            # One host sync per step: cheap next to a ViT step, and a NaN model must never be saved as "best".
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"non-finite training loss ({loss.item()}) at step {self.state.global_step + 1} "
-                    f"(epoch {self.state.epoch or 0:.2f}); training stopped. Lower --learning_rate, check the "
-                    "inputs, or resume from the last checkpoint."
-                )
+            self._watch_loss(loss.detach())
             self._remember_train_batch(logits.detach(), labels.detach(), loss.detach())
         return (loss, outputs) if return_outputs else loss
+
+    def _pos_weight_on(self, device: torch.device) -> torch.Tensor | None:
+        # Moved once: a CPU -> GPU copy per step would block the host until the GPU catches up.
+        if self.pos_weight is not None and self.pos_weight.device != device:
+            self.pos_weight = self.pos_weight.to(device)
+        return self.pos_weight
+
+    def _watch_loss(self, loss: torch.Tensor) -> None:
+        """Record, on the device, the first step whose loss is not finite."""
+        if self._first_nonfinite_step is None:
+            self._first_nonfinite_step = torch.zeros((), dtype=torch.long, device=loss.device)
+        first_bad_here = ~torch.isfinite(loss) & (self._first_nonfinite_step == 0)
+        self._first_nonfinite_step = torch.where(first_bad_here, self.state.global_step + 1, self._first_nonfinite_step)
+
+    def check_finite_loss(self) -> None:
+        """Raise :class:`FloatingPointError` if any training loss so far was NaN or infinite."""
+        if self._first_nonfinite_step is None or not (step := int(self._first_nonfinite_step)):
+            return
+        raise FloatingPointError(
+            f"non-finite training loss at step {step} (now at step {self.state.global_step}, epoch "
+            f"{self.state.epoch or 0:.2f}); training stopped before that model was logged, evaluated or saved. "
+            "Lower --learning_rate, check the inputs, or resume from the last checkpoint."
+        )
 
     def model_inputs(self, pixel_values: torch.Tensor, training: bool) -> torch.Tensor:
         """Model inputs of a batch already on the training device: uint8 cache batches are transformed here."""
@@ -102,6 +151,7 @@ class MultiLabelTrainer(Trainer):
         # gather_for_metrics drops the samples a distributed sampler repeats to even out the last batch.
         probabilities, labels = self.accelerator.gather_for_metrics((torch.sigmoid(logits), labels))
         loss = self.accelerator.gather(loss.reshape(1))
+        self.throughput.count(labels.shape[0])
         # Kept on the device until the epoch ends: no device-to-host copy per step.
         self._epoch_probabilities.append(probabilities)
         self._epoch_labels.append(labels)

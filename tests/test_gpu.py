@@ -1,0 +1,68 @@
+"""Checks that need a CUDA device; skipped elsewhere (CI has no GPU). Run them on a GPU machine with
+``pytest tests/test_gpu.py``: ``scripts/benchmark.py`` measures the speed, these check the behaviour behind it.
+"""
+
+import pytest
+import torch
+from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE
+from conftest import tiny_cache
+from transformers import TrainerCallback
+
+from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
+from cxr_vit.data.gpu_augment import BatchImageTransform
+from cxr_vit.modeling import create_model, data_config
+from cxr_vit.training import CXRTrainingArguments, MultiLabelTrainer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+class _FailOnHostSync(TrainerCallback):
+    """CUDA's sync debug mode set to "error" from the end of step ``first`` to the end of step ``last``."""
+
+    def __init__(self, first: int, last: int):
+        self.first, self.last = first, last
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.first:
+            torch.cuda.set_sync_debug_mode("error")
+        elif state.global_step == self.last:
+            torch.cuda.set_sync_debug_mode("default")
+
+
+def test_training_steps_never_wait_on_the_gpu(tmp_path):
+    """Between logs, evaluations and checkpoints a training step queues GPU work and moves on: any
+    host-device synchronisation inside steps 3-7 (a .item(), a blocking copy, a non-finite check) raises."""
+    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
+    args = CXRTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=9, eval_strategy="no",
+        save_strategy="no", logging_strategy="no", load_best_model_at_end=False, report_to="none",
+        dataloader_num_workers=2, throughput_skip_steps=2,
+    )  # fmt: skip
+    assert args.bf16 == torch.cuda.is_bf16_supported() and args.accelerator_config.non_blocking
+    trainer = MultiLabelTrainer(
+        model=model,
+        args=args,
+        train_dataset=CachedImageDataset(tiny_cache(tmp_path / "cache")),
+        data_collator=collate_batch,
+        batch_transform=BatchImageTransform(data_config(model)),
+        pos_weight=torch.full((15,), 2.0),
+        callbacks=[_FailOnHostSync(first=2, last=7)],
+    )
+    try:
+        trainer.train()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.throughput.metrics()["train_steady_images"] == 7 * 8
+    assert trainer.peak_gpu_memory_gb() > 0
+
+
+def test_batch_transform_gives_the_same_inputs_on_gpu_and_cpu(tmp_path):
+    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
+    transform = BatchImageTransform(data_config(model))
+    batch = CachedImageDataset(tiny_cache(tmp_path / "cache", count=8)).__getitems__(list(range(8)))["pixel_values"]
+    on_cpu = transform(batch, training=False)
+    on_gpu = transform(batch.cuda(), training=False).cpu()
+    torch.testing.assert_close(on_gpu, on_cpu)
+    torch.manual_seed(0)
+    augmented = transform(batch.cuda(), training=True)
+    assert augmented.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(augmented).all()
