@@ -117,7 +117,15 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         logger.info("will push the final model to %s", hub_repo_id)
         # We push once, at the end, with our model card; the Trainer would push its own card at every save.
         training_args.push_to_hub = False
+    if data_args.eval_split is None and (training_args.eval_strategy != "no" or training_args.load_best_model_at_end):
+        raise SystemExit("error: --eval_split none needs --eval_strategy no and --load_best_model_at_end false")
     resume = resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    logger.info(
+        "batch %d per device, %d global; learning rate %.3g",
+        training_args.per_device_train_batch_size,
+        training_args.global_train_batch_size,
+        training_args.learning_rate,
+    )
 
     # ---- data ----------------------------------------------------------------------------------
     splits = load_splits(data_args, training_args)
@@ -148,7 +156,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         model=model,
         args=training_args,
         train_dataset=role_datasets["train"],
-        eval_dataset=role_datasets["eval"],
+        eval_dataset=role_datasets.get("eval"),
         data_collator=collator,
         compute_metrics=compute_metrics,
         callbacks=callbacks,
@@ -158,6 +166,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
     train_result.metrics["train_samples"] = len(splits["train"])
+    train_result.metrics.update(trainer.throughput.metrics())  # images/s of the training steps alone
     if (peak := trainer.peak_gpu_memory_gb()) is not None:
         train_result.metrics["peak_gpu_memory_gb"] = peak
     trainer.log_metrics("train", train_result.metrics)
@@ -166,10 +175,11 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     training_history = list(trainer.state.log_history)  # before the final evaluations add their entries
 
     # ---- evaluation ----------------------------------------------------------------------------
-    metrics = trainer.evaluate()
-    metrics["eval_samples"] = len(splits["eval"])
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
+    if "eval" in splits:
+        metrics = trainer.evaluate()
+        metrics["eval_samples"] = len(splits["eval"])
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
     if "test" in splits:
         metrics = trainer.evaluate(role_datasets["test"], metric_key_prefix="test")
         metrics["test_samples"] = len(splits["test"])

@@ -90,6 +90,9 @@ def test_accelerate_launch_train_quickstart(tmp_path):
     assert 0.0 <= test_results["test_auc_macro"] <= 1.0 and test_results["test_num_labels_without_auc"] == 0
     all_results = json.loads((out / "all_results.json").read_text())
     assert {"train_loss", "eval_auc_macro", "test_auc_macro"} <= set(all_results)
+    # 2 epochs x 24 steps of 32; steps 11-48 timed, the epoch-1 evaluation and checkpoint left out
+    assert all_results["train_steady_images"] == 742 * 2 - 10 * 32
+    assert all_results["train_steady_images_per_second"] > all_results["train_samples_per_second"]
     state = json.loads((out / "trainer_state.json").read_text())
     assert state["best_metric"] == pytest.approx(all_results["eval_auc_macro"])
     assert [e["epoch"] for e in state["log_history"] if "epoch_auc_macro" in e] == [1.0, 2.0]

@@ -86,3 +86,91 @@ def test_training_curves_plot(tmp_path):
     assert epoch_series(history, "eval_auc_macro") == ([1.0, 2.0], [0.6, 0.62])
     plot_training_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+
+
+def test_learning_rate_and_batch_defaults(tmp_path, monkeypatch):
+    from cxr_vit.training.config import scaled_learning_rate
+
+    out = ["--output_dir", str(tmp_path)]
+    _, _, args = parse_args(out)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (32, 64)  # CPU defaults
+    assert args.learning_rate == pytest.approx(1e-4 * (32 / 256) ** 0.5)  # lr_base, sqrt-scaled to batch 32
+    assert not args.logging_nan_inf_filter and not args.accelerator_config.non_blocking  # nothing pinned on a CPU
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    _, _, args = parse_args([*out, "--per_device_train_batch_size", "128", "--gradient_accumulation_steps", "2"])
+    assert args.global_train_batch_size == 1024 and args.learning_rate == pytest.approx(2e-4)
+    _, _, args = parse_args([*out, "--per_device_train_batch_size", "64", "--lr_base_scale", "linear"])
+    assert args.learning_rate == pytest.approx(1e-4)  # 4 x 64 = 256: the base batch
+    _, _, args = parse_args([*out, "--learning_rate", "3e-4"])
+    assert args.learning_rate == pytest.approx(3e-4)  # a given rate is used as it is
+    with pytest.raises(ValueError, match="lr_base_scale"):
+        scaled_learning_rate(1e-4, 256, 512, "cube")
+
+
+def test_throughput_meter_times_steps_only(monkeypatch):
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from cxr_vit.training import throughput
+
+    clock = [100.0]
+    monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
+    meter = throughput.ThroughputMeter(skip_steps=2)
+    args, control = SimpleNamespace(device=torch.device("cpu")), TrainerControl()
+    state = TrainerState(global_step=0, max_steps=6)
+    meter.on_train_begin(args, state, control)
+    for step in range(1, 7):
+        meter.count(8)
+        clock[0] += 30.0 if step == 1 else 1.0  # the first step compiles
+        if step == 4:
+            with meter.excluded():  # an evaluation: left out of the window
+                clock[0] += 50.0
+        state.global_step = step
+        meter.on_step_end(args, state, control)
+    meter.on_epoch_end(args, state, control)
+    metrics = meter.metrics()
+    assert metrics["train_steady_images"] == 4 * 8  # steps 3-6
+    assert metrics["train_steady_seconds"] == pytest.approx(4.0)
+    assert metrics["train_steady_images_per_second"] == pytest.approx(8.0)
+
+    short = throughput.ThroughputMeter(skip_steps=10)  # a run shorter than the skipped steps measures nothing
+    short.on_train_begin(args, TrainerState(global_step=0, max_steps=3), control)
+    assert short.metrics() == {}
+
+
+@pytest.mark.slow
+def test_torch_compile_trains_and_saves_plain_timm_weights(tmp_path):
+    """``--torch_compile true`` through the Trainer (inductor on the CPU here): the saved weights carry timm's
+    own names, not the compiled wrapper's ``_orig_mod.`` ones, and load strictly into a timm model."""
+    import timm
+    from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE
+    from conftest import tiny_cache
+    from safetensors.torch import load_file
+
+    from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
+    from cxr_vit.data.gpu_augment import BatchImageTransform
+    from cxr_vit.modeling import create_model, data_config
+    from cxr_vit.training import CXRTrainingArguments
+
+    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
+    args = CXRTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, eval_strategy="no",
+        save_strategy="no", logging_strategy="no", load_best_model_at_end=False, report_to="none",
+        throughput_skip_steps=1, torch_compile=True,
+    )  # fmt: skip
+    trainer = MultiLabelTrainer(
+        model=model,
+        args=args,
+        train_dataset=CachedImageDataset(tiny_cache(tmp_path / "cache", count=32)),
+        data_collator=collate_batch,
+        batch_transform=BatchImageTransform(data_config(model)),
+    )
+    trainer.train()
+    assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
+    assert trainer.throughput.metrics()["train_steady_images"] == 3 * 8
+    trainer.save_model()
+    weights = load_file(tmp_path / "model.safetensors")
+    timm_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=15, img_size=IMAGE_SIZE)
+    timm_model.load_state_dict(weights, strict=True)
+    torch.testing.assert_close(weights["head.weight"], model.timm_model.head.weight.detach())

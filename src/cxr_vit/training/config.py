@@ -15,6 +15,7 @@ import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
 from ..modeling import ModelArguments
+from .throughput import DEFAULT_SKIP_STEPS
 
 
 @dataclass
@@ -27,7 +28,9 @@ class DataArguments:
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, if any."})
     train_split: str = field(default="train")
-    eval_split: str = field(default="validation", metadata={"help": "Split for model selection."})
+    eval_split: str | None = field(
+        default="validation", metadata={"help": "Split for model selection; none to train without evaluating."}
+    )
     test_split: str | None = field(default="test", metadata={"help": "Split reported at the end; none to skip."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Truncate eval/test (debugging)."})
@@ -48,11 +51,25 @@ class DataArguments:
     def __post_init__(self):
         if (self.images_dir is None) != (self.labels_csv is None):
             raise ValueError("give both --images_dir and --labels_csv (to prepare the dataset), or neither")
+        if self.eval_split in ("", "none", "None"):
+            self.eval_split = None
         if self.test_split in ("", "none", "None"):
             self.test_split = None
 
 
 INPUT_PIPELINES = ("cache", "datasets")
+LR_BASE_SCALES = ("sqrt", "linear")
+# Per-device batches when none is given: 256 is where ViT-B/16 reaches its full training rate on an H200
+# (FIELD_NOTES: 2,735 images/s at 256 vs 704 at 16, bf16); on a CPU a small batch keeps steps short.
+GPU_BATCH_SIZE, CPU_TRAIN_BATCH_SIZE, CPU_EVAL_BATCH_SIZE = 256, 32, 64
+
+
+def scaled_learning_rate(base: float, base_batch_size: int, global_batch_size: int, rule: str) -> float:
+    """timm's rule: ``base * (global / base_batch_size)``, square-rooted for adaptive optimizers like AdamW."""
+    if rule not in LR_BASE_SCALES:
+        raise ValueError(f"--lr_base_scale must be one of {LR_BASE_SCALES}, got {rule!r}")
+    ratio = global_batch_size / base_batch_size
+    return base * (ratio**0.5 if rule == "sqrt" else ratio)
 
 
 def default_num_workers(input_pipeline: str, on_gpu: bool) -> int:
@@ -77,7 +94,10 @@ class CXRTrainingArguments(TrainingArguments):
         eval_strategy / save_strategy / logging_strategy: ``"epoch"``.
         load_best_model_at_end: ``True``, by ``metric_for_best_model="auc_macro"`` (14-finding macro ROC-AUC).
         lr_scheduler_type: ``"cosine"`` with ``warmup_steps=0.05`` (a ratio of all steps).
-        learning_rate: ``1e-4``, weight_decay ``0.05``: the usual ViT fine-tuning range.
+        learning_rate: ``None`` = ``lr_base`` (1e-4 for a global batch of 256) scaled to the global batch by
+            ``lr_base_scale`` (timm's convention): 5e-5 at 64, 1e-4 at 256, 2e-4 at 1,024. A value given is
+            used as it is. weight_decay ``0.05``.
+        per_device_train_batch_size / per_device_eval_batch_size: ``None`` = 256 on a GPU; 32 / 64 on a CPU.
         bf16: ``None`` = on exactly when the GPU supports it.
         remove_unused_columns: ``False`` (the image column is consumed by ``with_transform``).
         report_to: ``["tensorboard"]``; save_total_limit ``2``.
@@ -88,6 +108,10 @@ class CXRTrainingArguments(TrainingArguments):
         dataloader_persistent_workers: ``None`` = on whenever there are workers.
         torch_compile: left off (``--torch_compile true`` compiles the model: about +28% images/s for ViT-B/16
             on an H200, after a minute of compiling).
+        logging_nan_inf_filter: ``False``: the filter reads every step's loss on the host, which blocks the
+            host on the GPU once per step; the trainer's own non-finite check stops training instead.
+        accelerator_config: ``{"non_blocking": True}`` on a GPU when none is given: batches are copied from
+            pinned memory asynchronously, not with a copy that waits for the previous step to finish.
 
     Parameters of our own:
         input_pipeline: ``"cache"`` (default) decodes each split once into a uint8 memory-mapped cache, reads a
@@ -97,6 +121,8 @@ class CXRTrainingArguments(TrainingArguments):
             even with its augmentation on the CPU (``scripts/benchmark.py``).
         pos_weight: weight positives per label by the train split's negative/positive ratio in the BCE loss.
         early_stopping_patience: stop after this many evaluations without a better ``auc_macro``.
+        lr_base / lr_base_batch_size / lr_base_scale: the learning rate when ``learning_rate`` is not given.
+        throughput_skip_steps: steps before ``train_steady_images_per_second`` starts timing (compile, start-up).
     """
 
     output_dir: str = field(default="outputs/cxr-vit", metadata={"help": "Where checkpoints and results go."})
@@ -108,7 +134,24 @@ class CXRTrainingArguments(TrainingArguments):
     greater_is_better: bool | None = field(default=True, metadata={"help": "Higher metric is better."})
     lr_scheduler_type: str = field(default="cosine", metadata={"help": "Learning-rate schedule."})
     warmup_steps: float = field(default=0.05, metadata={"help": "Warmup: steps, or a fraction of all steps if < 1."})
-    learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "Peak AdamW learning rate; default: lr_base scaled to the global batch."}
+    )
+    lr_base: float = field(default=1e-4, metadata={"help": "Learning rate for a global batch of lr_base_batch_size."})
+    lr_base_batch_size: int = field(default=256, metadata={"help": "The global batch lr_base is meant for."})
+    lr_base_scale: str = field(
+        default="sqrt",
+        metadata={"help": "How lr_base scales with the global batch (sqrt: AdamW).", "choices": list(LR_BASE_SCALES)},
+    )
+    per_device_train_batch_size: int | None = field(
+        default=None, metadata={"help": "Training batch per device; default: 256 on a GPU, 32 on a CPU."}
+    )
+    per_device_eval_batch_size: int | None = field(
+        default=None, metadata={"help": "Evaluation batch per device; default: 256 on a GPU, 64 on a CPU."}
+    )
+    logging_nan_inf_filter: bool = field(
+        default=False, metadata={"help": "Hide non-finite losses from logs (a host sync per step); we stop on them."}
+    )
     weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay."})
     num_train_epochs: float = field(default=10.0, metadata={"help": "Epochs."})
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: when the GPU supports it."})
@@ -140,12 +183,23 @@ class CXRTrainingArguments(TrainingArguments):
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
+    throughput_skip_steps: int = field(
+        default=DEFAULT_SKIP_STEPS,
+        metadata={"help": "Steps not timed in train_steady_images_per_second (compile, worker start)."},
+    )
 
     def __post_init__(self):
+        on_gpu = not self.use_cpu and torch.cuda.is_available()
         if self.bf16 is None:
-            self.bf16 = bool(not self.use_cpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+            self.bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
         if not torch.cuda.is_available():
             self.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per DataLoader
+        if self.per_device_train_batch_size is None:
+            self.per_device_train_batch_size = GPU_BATCH_SIZE if on_gpu else CPU_TRAIN_BATCH_SIZE
+        if self.per_device_eval_batch_size is None:
+            self.per_device_eval_batch_size = GPU_BATCH_SIZE if on_gpu else CPU_EVAL_BATCH_SIZE
+        if self.accelerator_config is None and on_gpu and self.dataloader_pin_memory:
+            self.accelerator_config = {"non_blocking": True}
         if self.input_pipeline not in INPUT_PIPELINES:
             raise ValueError(f"--input_pipeline must be one of {INPUT_PIPELINES}, got {self.input_pipeline!r}")
         if self.dataloader_num_workers is None:
@@ -155,7 +209,19 @@ class CXRTrainingArguments(TrainingArguments):
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         if self.early_stopping_patience is not None and not self.load_best_model_at_end:
             raise ValueError("--early_stopping_patience needs --load_best_model_at_end true")
+        if self.throughput_skip_steps < 1:
+            raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
+        if self.learning_rate is None:
+            self.learning_rate = scaled_learning_rate(
+                self.lr_base, self.lr_base_batch_size, self.global_train_batch_size, self.lr_base_scale
+            )
         super().__post_init__()
+
+    @property
+    def global_train_batch_size(self) -> int:
+        """Images per optimizer step over all processes (``WORLD_SIZE`` is set by accelerate launch / torchrun)."""
+        world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CXRTrainingArguments)
