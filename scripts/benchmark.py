@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(args: BenchmarkArguments) -> None:
-    if not os.path.isabs(args.names_csv):
-        args.names_csv = str(REPO / args.names_csv)  # the bundled CSV, wherever the script is run from
+    for name in ("names_csv", "train_script", "accelerate_config"):  # repository files, from any directory
+        if not os.path.isabs(getattr(args, name)):
+            setattr(args, name, str(REPO / getattr(args, name)))
     results = run_benchmark(args)
     print(format_table(results))
     if args.output_json:
