@@ -17,21 +17,27 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 class _FailOnHostSync(TrainerCallback):
-    """CUDA's sync debug mode set to "error" from the end of step ``first`` to the end of step ``last``."""
+    """CUDA's sync debug mode is "error" from the start of step ``after + 1`` to the end of step ``last``.
 
-    def __init__(self, first: int, last: int):
-        self.first, self.last = first, last
+    User callbacks run before the trainer's own ones, so the mode is set and cleared outside their hooks.
+    """
+
+    def __init__(self, after: int, last: int):
+        self.after, self.last = after, last
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.after:  # global_step counts finished steps
+            torch.cuda.set_sync_debug_mode("error")
 
     def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.first:
-            torch.cuda.set_sync_debug_mode("error")
-        elif state.global_step == self.last:
+        if state.global_step == self.last:
             torch.cuda.set_sync_debug_mode("default")
 
 
 def test_training_steps_never_wait_on_the_gpu(tmp_path):
     """Between logs, evaluations and checkpoints a training step queues GPU work and moves on: any
-    host-device synchronisation inside steps 3-7 (a .item(), a blocking copy, a non-finite check) raises."""
+    host-device synchronisation inside steps 3-7 (a .item(), a blocking copy, a non-finite check) raises.
+    Step 2's end is where the throughput window starts (one deliberate sync), so the check starts after it."""
     model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
     args = CXRTrainingArguments(
         output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=9, eval_strategy="no",
@@ -46,7 +52,7 @@ def test_training_steps_never_wait_on_the_gpu(tmp_path):
         data_collator=collate_batch,
         batch_transform=BatchImageTransform(data_config(model)),
         pos_weight=torch.full((15,), 2.0),
-        callbacks=[_FailOnHostSync(first=2, last=7)],
+        callbacks=[_FailOnHostSync(after=2, last=7)],
     )
     try:
         trainer.train()
