@@ -1,6 +1,6 @@
 """Benchmark the seed notebook's recipe against ours: CPU input path, prepare, cache, worker memory, GPU training.
 
-    # synthesized 1024x1024 NIH-like PNGs with real NIH file names; about a minute on a 2-core CPU
+    # synthesized 1024x1024 NIH-like PNGs with real NIH file names; about 20 s on a 2-core CPU
     python scripts/benchmark.py --output_json outputs/benchmark.json
 
     # real images (the first --num_images rows of the CSV that exist), on a GPU machine

@@ -1,6 +1,6 @@
 """Fine-tune a timm ViT for 15-way multi-label chest X-ray classification.
 
-    # quickstart: bundled real NIH mini set, small random-init ViT, CPU, a few minutes
+    # quickstart: bundled real NIH mini set, small random-init ViT, CPU, under a minute
     accelerate launch --config_file accelerate_config.yaml scripts/train.py --config configs/quickstart.yaml
 
     # the Kaggle NIH sample with ImageNet ViT-B/16 on a GPU

@@ -14,20 +14,21 @@ MINI_IMAGES = MINI / "images"
 MINI_KAGGLE_CSV = MINI / "sample_labels.csv"
 MINI_FULL_CSV = MINI / "Data_Entry_2017_v2020.csv"
 TEST_DATA = Path(__file__).resolve().parent / "data"
-TINY_IMAGE_SIZE = 32  # vit_tiny at 32 px in training tests: its eval resize size (the cache side) is 36
+TINY_IMAGE_SIZE = 32  # vit_tiny at 32 px in training tests
+TINY_CACHE_SIZE = 35  # its cache side: timm's eval resize size, floor(32 / crop_pct 0.9)
 
 
-def tiny_cache(directory: Path, count: int = 64) -> Path:
-    """A uint8 image cache of ``count`` synthetic 36 px films with random labels, for 32 px models."""
+def tiny_cache(directory: Path, count: int = 64, size: int = TINY_CACHE_SIZE) -> Path:
+    """A uint8 image cache of ``count`` synthetic films with random labels, for 32 px models."""
     import numpy as np
     from PIL import Image
 
     from cxr_vit.data.cache import write_cache
     from cxr_vit.data.synthetic import synthetic_xray
 
-    images = [Image.fromarray(synthetic_xray(index, size=36)) for index in range(count)]
+    images = [Image.fromarray(synthetic_xray(index, size=size)) for index in range(count)]
     labels = (np.random.default_rng(0).random((count, 15)) < 0.2).astype(np.float32)
-    return write_cache(directory, lambda start, stop: images[start:stop], labels, 36)
+    return write_cache(directory, lambda start, stop: images[start:stop], labels, size)
 
 
 @pytest.fixture(scope="session")

@@ -180,8 +180,8 @@ def test_two_processes_give_the_same_eval_metrics_as_one(tmp_path, prepared_mini
     assert results[1]["eval_rows_seen"] == results[2]["eval_rows_seen"] == rows  # nothing lost or doubled
     # Everything computed from the gathered predictions agrees; the Trainer's eval_loss averages per-batch
     # means, so it may move in the 4th decimal with the batch layout (README, Reliability).
-    compared = [key for key in results[1] if "auc" in key or key == "eval_bce"]
-    assert len(compared) == 15 + 3 + 1
+    compared = [key for key in results[1] if "auc" in key or "auprc" in key or key == "eval_bce"]
+    assert len(compared) == 15 + 3 + 1 + 1  # per-label AUCs, macro/macro_15/count, auprc_macro, bce
     for key in compared:
         assert results[2][key] == pytest.approx(results[1][key], abs=1e-6), key
 

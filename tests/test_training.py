@@ -174,3 +174,78 @@ def test_torch_compile_trains_and_saves_plain_timm_weights(tmp_path):
     timm_model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=15, img_size=IMAGE_SIZE)
     timm_model.load_state_dict(weights, strict=True)
     torch.testing.assert_close(weights["head.weight"], model.timm_model.head.weight.detach())
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(4, 15)
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        return ImageClassifierOutput(logits=self.linear(pixel_values))
+
+
+def test_steady_throughput_leaves_out_the_epoch_end_metrics_pass(tmp_path, monkeypatch):
+    import time
+
+    from transformers import TrainingArguments
+
+    rows = [{"pixel_values": torch.randn(4), "labels": (torch.rand(15) < 0.5).float()} for _ in range(16)]
+    args = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=4, max_steps=16, save_strategy="no", logging_strategy="no",
+        report_to="none", use_cpu=True, remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=rows)
+    measured_pass = trainer.log_epoch_train_metrics
+
+    def slow_pass():
+        time.sleep(0.5)
+        measured_pass()
+
+    monkeypatch.setattr(trainer, "log_epoch_train_metrics", slow_pass)
+    trainer.train()
+    metrics = trainer.throughput.metrics()
+    assert metrics["train_steady_images"] == 6 * 4  # steps 11-16
+    assert metrics["train_steady_seconds"] < 0.5  # two epoch ends (steps 12, 16) inside the window, not timed
+
+
+def _rows(count: int) -> list[dict]:
+    return [{"pixel_values": torch.randn(4), "labels": (torch.rand(15) < 0.5).float()} for _ in range(count)]
+
+
+def test_train_drop_last_drops_only_the_short_training_batch(tmp_path):
+    from cxr_vit.training import CXRTrainingArguments
+
+    _, _, args = parse_args(["--output_dir", str(tmp_path)])
+    assert args.train_drop_last is False  # on only with --torch_compile by default
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--torch_compile", "true"])
+    assert args.train_drop_last is True
+    args = CXRTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, train_drop_last=True,
+        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, report_to="none", use_cpu=True,
+    )  # fmt: skip
+    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=_rows(10))
+    assert len(trainer.get_train_dataloader()) == 2  # 4 + 4; the last 2 images wait for the next epoch's shuffle
+    assert len(trainer.get_eval_dataloader(_rows(10))) == 3 and not args.dataloader_drop_last  # eval sees all
+
+
+def test_epoch_train_metrics_see_every_image_with_gradient_accumulation(tmp_path, monkeypatch):
+    from transformers import TrainingArguments
+
+    args = TrainingArguments(
+        str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=1,
+        save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, remove_unused_columns=False,
+    )  # fmt: skip
+    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=_rows(60))
+    seen = []
+    measured_pass = trainer.log_epoch_train_metrics
+
+    def counting_pass():
+        seen.append(sum(len(labels) for labels in trainer._epoch_labels))
+        measured_pass()
+
+    monkeypatch.setattr(trainer, "log_epoch_train_metrics", counting_pass)
+    trainer.train()
+    assert seen == [60]  # 7 full batches of 8 and one of 4, none trimmed

@@ -29,7 +29,11 @@ class DataArguments:
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, if any."})
     train_split: str = field(default="train")
     eval_split: str | None = field(
-        default="validation", metadata={"help": "Split for model selection; none to train without evaluating."}
+        default="validation",
+        metadata={
+            "help": "Split for model selection; none to train only (with --eval_strategy no "
+            "--load_best_model_at_end false)."
+        },
     )
     test_split: str | None = field(default="test", metadata={"help": "Split reported at the end; none to skip."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Truncate train (debugging)."})
@@ -59,8 +63,9 @@ class DataArguments:
 
 INPUT_PIPELINES = ("cache", "datasets")
 LR_BASE_SCALES = ("sqrt", "linear")
-# Per-device batches when none is given: 256 is where ViT-B/16 reaches its full training rate on an H200
-# (FIELD_NOTES: 2,735 images/s at 256 vs 704 at 16, bf16); on a CPU a small batch keeps steps short.
+# Per-device batches when none is given. On one H200 (torch 2.11, bf16, the project's field notes) ViT-B/16
+# trained at 2,735 images/s at batch 256 with fused AdamW, against 704 at batch 16; on a CPU a small batch
+# keeps steps short.
 GPU_BATCH_SIZE, CPU_TRAIN_BATCH_SIZE, CPU_EVAL_BATCH_SIZE = 256, 32, 64
 
 
@@ -75,9 +80,10 @@ def scaled_learning_rate(base: float, base_batch_size: int, global_batch_size: i
 def default_num_workers(input_pipeline: str, on_gpu: bool) -> int:
     """DataLoader workers per process that keep a GPU fed without taking cores the model needs.
 
-    Cache workers only copy uint8 batches out of a memory map (~260,000 images/s per core): 4 fed an H200 at
-    3,159 images/s (FIELD_NOTES). ``datasets`` workers decode and augment PNGs (~200 images/s per core): they
-    get every core of this process but one. On a CPU the model itself is the bottleneck: no workers.
+    Cache workers only copy uint8 batches out of a memory map (~250,000 images/s per core): 4 fed an H200
+    at 3,159 images/s (the project's field notes). ``datasets`` workers decode and augment PNGs (~200
+    images/s per core): they get every core of this process but one. On a CPU the model itself is the
+    bottleneck: no workers.
     """
     if not on_gpu:
         return 0
@@ -98,18 +104,19 @@ class CXRTrainingArguments(TrainingArguments):
             ``lr_base_scale`` (timm's convention): 5e-5 at 64, 1e-4 at 256, 2e-4 at 1,024. A value given is
             used as it is. weight_decay ``0.05``.
         per_device_train_batch_size / per_device_eval_batch_size: ``None`` = 256 on a GPU; 32 / 64 on a CPU.
-        bf16: ``None`` = on exactly when the GPU supports it.
+        bf16: ``None`` = on exactly when the GPU supports it natively (Ampere or newer).
         remove_unused_columns: ``False`` (the image column is consumed by ``with_transform``).
         report_to: ``["tensorboard"]``; save_total_limit ``2``.
         optim: ``"adamw_torch_fused"`` (one kernel per step for all parameters).
-        dataloader_num_workers: ``None`` = 0 on a CPU (the model needs the cores); on a GPU 4 for the cache
-            pipeline (its workers only copy uint8 batches out of a memory map), all but one of this process's
-            cores for the ``datasets`` pipeline (its workers decode PNGs).
+        dataloader_num_workers: ``None`` = 0 on a CPU (the model needs the cores); on a GPU up to 4 for the
+            cache pipeline (its workers only copy uint8 batches out of a memory map), all but one of this
+            process's cores for the ``datasets`` pipeline (its workers decode PNGs).
         dataloader_persistent_workers: ``None`` = on whenever there are workers.
-        torch_compile: left off (``--torch_compile true`` compiles the model: about +28% images/s for ViT-B/16
-            on an H200, after a minute of compiling).
+        torch_compile: left off (``--torch_compile true`` compiles the model at the start: +28% images/s for
+            ViT-B/16 on an H200 in the project's field notes).
         logging_nan_inf_filter: ``False``: the filter reads every step's loss on the host, which blocks the
-            host on the GPU once per step; the trainer's own non-finite check stops training instead.
+            host on the GPU once per step; the trainer's own non-finite check stops training instead. (Off,
+            transformers also keeps non-finite batches in ``eval_loss``, which then shows them as NaN.)
         accelerator_config: ``{"non_blocking": True}`` on a GPU when none is given: batches are copied from
             pinned memory asynchronously, not with a copy that waits for the previous step to finish.
 
@@ -117,11 +124,13 @@ class CXRTrainingArguments(TrainingArguments):
         input_pipeline: ``"cache"`` (default) decodes each split once into a uint8 memory-mapped cache, reads a
             sorted batch per worker call and augments whole batches on the training device; ``"datasets"``
             decodes and augments each image with PIL in DataLoader workers (``with_transform``). Evaluation
-            inputs are identical on both (timm's eval transform); per CPU core the cache path is ~15x cheaper
+            inputs are identical on both (timm's eval transform); per CPU core the cache path is ~16x cheaper
             even with its augmentation on the CPU (``scripts/benchmark.py``).
         pos_weight: weight positives per label by the train split's negative/positive ratio in the BCE loss.
         early_stopping_patience: stop after this many evaluations without a better ``auc_macro``.
         lr_base / lr_base_batch_size / lr_base_scale: the learning rate when ``learning_rate`` is not given.
+        train_drop_last: drop the last, short training batch of each epoch; ``None`` = with ``torch_compile``
+            (a short batch would make torch.compile build the model again, in the middle of training).
         throughput_skip_steps: steps before ``train_steady_images_per_second`` starts timing (compile, start-up).
     """
 
@@ -164,7 +173,8 @@ class CXRTrainingArguments(TrainingArguments):
     dataloader_num_workers: int | None = field(
         default=None,
         metadata={
-            "help": "DataLoader workers per process; default: 0 on CPU, on a GPU 4 (cache) or all cores (datasets)."
+            "help": "DataLoader workers per process; default: 0 on CPU; on a GPU up to 4 (cache) or all cores but one "
+            "(datasets)."
         },
     )
     dataloader_persistent_workers: bool | None = field(
@@ -183,6 +193,13 @@ class CXRTrainingArguments(TrainingArguments):
     early_stopping_patience: int | None = field(
         default=None, metadata={"help": "Stop after this many evaluations without improvement."}
     )
+    train_drop_last: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Drop the last partial training batch each epoch (evaluation keeps every image); default: on "
+            "with --torch_compile, so the compiled model never meets a new batch shape mid-training."
+        },
+    )
     throughput_skip_steps: int = field(
         default=DEFAULT_SKIP_STEPS,
         metadata={"help": "Steps not timed in train_steady_images_per_second (compile, worker start)."},
@@ -191,9 +208,12 @@ class CXRTrainingArguments(TrainingArguments):
     def __post_init__(self):
         on_gpu = not self.use_cpu and torch.cuda.is_available()
         if self.bf16 is None:
-            self.bf16 = bool(on_gpu and torch.cuda.is_bf16_supported())
-        if not torch.cuda.is_available():
+            # native bf16 (Ampere and newer): older GPUs only emulate it, slower than fp32
+            self.bf16 = bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8)
+        if not on_gpu:
             self.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per DataLoader
+        if self.train_drop_last is None:
+            self.train_drop_last = self.torch_compile
         if self.per_device_train_batch_size is None:
             self.per_device_train_batch_size = GPU_BATCH_SIZE if on_gpu else CPU_TRAIN_BATCH_SIZE
         if self.per_device_eval_batch_size is None:

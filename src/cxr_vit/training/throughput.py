@@ -18,13 +18,14 @@ DEFAULT_SKIP_STEPS = 10
 
 
 class ThroughputMeter(TrainerCallback):
-    """Training images/s from the end of step ``skip_steps`` to the last step, evaluation and saving excluded.
+    """Training images/s from the end of step ``skip_steps`` to the last step, with the spans the trainer marks
+    :meth:`excluded` (evaluation, checkpointing, the epoch-end train-metrics pass) left out.
 
     ``skip_steps`` leaves out ``torch.compile``'s first steps and the DataLoader's start-up. The clock is
-    read at the window's edges and around each excluded span, synchronising CUDA there only: never per step,
-    which would itself slow the loop down. Images are counted by the trainer (:meth:`count`), so a short last
-    batch counts what it holds. The window's end moves to every epoch end and to the final step, so a run
-    stopped early (early stopping) ends at its last completed epoch.
+    read at the window's edges, at epoch ends and around each excluded span, synchronising CUDA there only:
+    never per step, which would itself slow the loop down. Images are counted by the trainer (:meth:`count`),
+    so a short last batch counts what it holds. The window's end moves to every epoch end and to the final
+    step, so a run stopped early (early stopping) ends at its last completed epoch.
     """
 
     def __init__(self, skip_steps: int = DEFAULT_SKIP_STEPS):
@@ -57,7 +58,7 @@ class ThroughputMeter(TrainerCallback):
 
     @contextmanager
     def excluded(self) -> Iterator[None]:
-        """Leave the time spent inside (evaluation, checkpointing) out of the measured window."""
+        """Leave the time spent inside (evaluation, checkpointing, metrics) out of the measured window."""
         if not self.running:
             yield
             return

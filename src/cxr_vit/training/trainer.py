@@ -44,7 +44,8 @@ class _StepHooks(TrainerCallback):
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.trainer.check_finite_loss()
-        self.trainer.log_epoch_train_metrics()
+        with self.trainer.throughput.excluded():  # a host-side metrics pass, not training
+            self.trainer.log_epoch_train_metrics()
 
 
 class MultiLabelTrainer(Trainer):
@@ -92,6 +93,17 @@ class MultiLabelTrainer(Trainer):
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, state_dict=timm_state_dict(state_dict))
 
+    def get_train_dataloader(self):
+        # CXRTrainingArguments.train_drop_last: for the training loader only; `dataloader_drop_last` would also
+        # drop evaluation images.
+        if not getattr(self.args, "train_drop_last", False) or self.args.dataloader_drop_last:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
+
     def _save_checkpoint(self, *args, **kwargs):
         with self.throughput.excluded():
             return super()._save_checkpoint(*args, **kwargs)
@@ -126,9 +138,18 @@ class MultiLabelTrainer(Trainer):
         self._first_nonfinite_step = torch.where(first_bad_here, self.state.global_step + 1, self._first_nonfinite_step)
 
     def check_finite_loss(self) -> None:
-        """Raise :class:`FloatingPointError` if any training loss so far was NaN or infinite."""
-        if self._first_nonfinite_step is None or not (step := int(self._first_nonfinite_step)):
+        """Raise :class:`FloatingPointError` if any training loss so far, in any process, was NaN or infinite.
+
+        Every process calls this at the same steps and reads all processes' flags, so all of them stop
+        together: one stopping alone would leave the others waiting in the next gradient all-reduce.
+        """
+        if self._first_nonfinite_step is None:
             return
+        per_process = self.accelerator.gather(self._first_nonfinite_step.reshape(1))
+        bad_steps = per_process[per_process > 0]
+        if len(bad_steps) == 0:
+            return
+        step = int(bad_steps.min())
         raise FloatingPointError(
             f"non-finite training loss at step {step} (now at step {self.state.global_step}, epoch "
             f"{self.state.epoch or 0:.2f}); training stopped before that model was logged, evaluated or saved. "
@@ -148,8 +169,14 @@ class MultiLabelTrainer(Trainer):
         return torch.cuda.max_memory_allocated(self.args.device) / 2**30
 
     def _remember_train_batch(self, logits: torch.Tensor, labels: torch.Tensor, loss: torch.Tensor) -> None:
-        # gather_for_metrics drops the samples a distributed sampler repeats to even out the last batch.
-        probabilities, labels = self.accelerator.gather_for_metrics((torch.sigmoid(logits), labels))
+        # gather_for_metrics drops the samples a distributed sampler repeats to even out the last batch. It
+        # can tell them apart only when a step is one batch: with gradient accumulation the Trainer fetches a
+        # step's batches ahead, and accelerate would trim every batch of the last step, so there the few
+        # repeated samples are kept instead.
+        gather = self.accelerator.gather_for_metrics
+        if self.args.gradient_accumulation_steps > 1:
+            gather = self.accelerator.gather
+        probabilities, labels = gather((torch.sigmoid(logits), labels))
         loss = self.accelerator.gather(loss.reshape(1))
         self.throughput.count(labels.shape[0])
         # Kept on the device until the epoch ends: no device-to-host copy per step.
