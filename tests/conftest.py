@@ -54,3 +54,18 @@ def small_nih(tmp_path) -> tuple[Path, Path]:
     csv = tmp_path / "labels.csv"
     frame.to_csv(csv, index=False)
     return images, csv
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """A tiny random-init model saved as train.py saves one, with thresholds that make only Effusion positive."""
+    from inference_helpers import only_positive, save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", thresholds=only_positive("Effusion"))
+
+
+@pytest.fixture(scope="module")
+def predictor(model_dir):
+    from cxr_vit.prediction import Predictor
+
+    return Predictor.from_pretrained(model_dir, device="cpu")

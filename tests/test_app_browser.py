@@ -16,11 +16,10 @@ import urllib.request
 import gradio as gr
 import pytest
 from conftest import REPO, TEST_DATA
-from inference_helpers import load_script, only_positive, save_tiny_model
+from inference_helpers import load_script
 from PIL import Image
 
 from cxr_vit.constants import LABELS
-from cxr_vit.prediction import Predictor
 
 XRAY = TEST_DATA / "00000011_000.png"
 CHROMIUM = shutil.which("chromium")
@@ -28,16 +27,6 @@ CHROMEDRIVER = shutil.which("chromedriver")
 ARTIFACTS_ENV = "CXR_VIT_ARTIFACTS_DIR"
 
 app = load_script(REPO / "app.py")
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("app") / "tiny", thresholds=only_positive("Effusion"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir):
-    return Predictor.from_pretrained(model_dir, device="cpu")
 
 
 def test_analyse_returns_probabilities_positives_and_heatmap(predictor):

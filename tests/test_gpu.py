@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE
 from conftest import tiny_cache
+from training_helpers import tiny_vit_trainer
 from transformers import TrainerCallback
 
-from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
+from cxr_vit.data.cached_dataset import CachedImageDataset
 from cxr_vit.data.gpu_augment import BatchImageTransform
 from cxr_vit.modeling import create_model, data_config
-from cxr_vit.training import CXRTrainingArguments, MultiLabelTrainer
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -38,22 +38,11 @@ def test_training_steps_never_wait_on_the_gpu(tmp_path):
     """Between logs, evaluations and checkpoints a training step queues GPU work and moves on: any
     host-device synchronisation inside steps 3-7 (a .item(), a blocking copy, a non-finite check) raises.
     Step 2's end is where the throughput window starts (one deliberate sync), so the check starts after it."""
-    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
-    args = CXRTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=9, eval_strategy="no",
-        save_strategy="no", logging_strategy="no", load_best_model_at_end=False, report_to="none",
-        dataloader_num_workers=2, throughput_skip_steps=2,
+    trainer = tiny_vit_trainer(
+        tmp_path, per_device_train_batch_size=8, max_steps=9, dataloader_num_workers=2, throughput_skip_steps=2,
+        pos_weight=torch.full((15,), 2.0), callbacks=[_FailOnHostSync(after=2, last=7)],
     )  # fmt: skip
-    assert args.bf16 == torch.cuda.is_bf16_supported() and args.accelerator_config.non_blocking
-    trainer = MultiLabelTrainer(
-        model=model,
-        args=args,
-        train_dataset=CachedImageDataset(tiny_cache(tmp_path / "cache")),
-        data_collator=collate_batch,
-        batch_transform=BatchImageTransform(data_config(model)),
-        pos_weight=torch.full((15,), 2.0),
-        callbacks=[_FailOnHostSync(after=2, last=7)],
-    )
+    assert trainer.args.bf16 == torch.cuda.is_bf16_supported() and trainer.args.accelerator_config.non_blocking
     try:
         trainer.train()
     finally:

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import MINI_IMAGES, REPO, TEST_DATA
-from inference_helpers import TINY_SIZE, load_script, only_positive, save_tiny_model, write_mixed_folder
+from inference_helpers import TINY_SIZE, load_script, save_tiny_model, write_mixed_folder
 from PIL import Image
 
 from cxr_vit.constants import LABELS
@@ -24,16 +24,6 @@ from cxr_vit.prediction import (
 )
 
 XRAY = TEST_DATA / "00000011_000.png"
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny", thresholds=only_positive("Effusion"))
-
-
-@pytest.fixture(scope="module")
-def predictor(model_dir):
-    return Predictor.from_pretrained(model_dir, device="cpu")
 
 
 @pytest.fixture

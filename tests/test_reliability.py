@@ -14,6 +14,7 @@ import torch
 from conftest import MINI_IMAGES, REPO
 from PIL import Image
 from safetensors.torch import save_file
+from training_helpers import ToyLinear, toy_args, toy_rows
 
 from cxr_vit.data import NIHDataError, build_dataset, prepare_dataset
 from cxr_vit.training import MultiLabelTrainer
@@ -63,43 +64,9 @@ def test_half_written_checkpoint_is_skipped_with_a_message(tmp_path, caplog, dam
     assert resolve_resume_checkpoint("auto", tmp_path / "nothing-here") is None
 
 
-class _NaNAfter(torch.nn.Module):
-    """A linear model whose logits turn NaN from its ``bad_call``-th training forward on."""
-
-    def __init__(self, bad_call: int):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 15)
-        self.bad_call, self.calls = bad_call, 0
-
-    def forward(self, pixel_values):
-        from transformers.modeling_outputs import ImageClassifierOutput
-
-        logits = self.linear(pixel_values)
-        if self.training:
-            self.calls += 1
-            if self.calls >= self.bad_call:
-                logits = logits * float("nan")
-        return ImageClassifierOutput(logits=logits)
-
-
-class _Rows(torch.utils.data.Dataset):
-    def __len__(self):
-        return 64
-
-    def __getitem__(self, index):
-        return {"pixel_values": torch.full((4,), float(index)), "labels": torch.zeros(15)}
-
-
-def _cpu_args(output_dir: Path, **overrides):
-    from transformers import TrainingArguments
-
-    fixed = dict(logging_strategy="no", report_to="none", use_cpu=True, remove_unused_columns=False)
-    return TrainingArguments(str(output_dir), logging_nan_inf_filter=False, **fixed, **overrides)
-
-
 def test_non_finite_loss_stops_training_before_that_model_is_saved(tmp_path):
-    args = _cpu_args(tmp_path, per_device_train_batch_size=4, max_steps=12, save_strategy="steps", save_steps=1)
-    trainer = MultiLabelTrainer(model=_NaNAfter(bad_call=3), args=args, train_dataset=_Rows())
+    args = toy_args(tmp_path, per_device_train_batch_size=4, max_steps=12, save_strategy="steps", save_steps=1)
+    trainer = MultiLabelTrainer(model=ToyLinear(nan_from_call=3), args=args, train_dataset=toy_rows(64))
     with pytest.raises(FloatingPointError, match="non-finite training loss at step 3 .*before that model was"):
         trainer.train()
     saved = sorted(path.name for path in tmp_path.glob("checkpoint-*"))
@@ -109,8 +76,8 @@ def test_non_finite_loss_stops_training_before_that_model_is_saved(tmp_path):
 def test_non_finite_loss_is_found_between_saves_within_the_check_interval(tmp_path):
     from cxr_vit.training.trainer import NONFINITE_CHECK_STEPS
 
-    args = _cpu_args(tmp_path, per_device_train_batch_size=1, max_steps=NONFINITE_CHECK_STEPS * 3, save_strategy="no")
-    trainer = MultiLabelTrainer(model=_NaNAfter(bad_call=5), args=args, train_dataset=_Rows())
+    args = toy_args(tmp_path, per_device_train_batch_size=1, max_steps=NONFINITE_CHECK_STEPS * 3, save_strategy="no")
+    trainer = MultiLabelTrainer(model=ToyLinear(nan_from_call=5), args=args, train_dataset=toy_rows(64))
     with pytest.raises(FloatingPointError, match=f"at step 5 \\(now at step {NONFINITE_CHECK_STEPS},"):
         trainer.train()
 

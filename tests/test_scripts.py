@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,20 +19,15 @@ def run(*args, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def prepare_data(labels_csv: Path, output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
+    """``scripts/prepare_data.py`` on the bundled images with ``labels_csv``."""
+    return run(sys.executable, "scripts/prepare_data.py", "--images_dir", str(MINI_IMAGES),
+               "--labels_csv", str(labels_csv), "--output_dir", str(output_dir), *extra)  # fmt: skip
+
+
 def test_prepare_data_script(tmp_path):
     out = tmp_path / "prepared"
-    result = run(
-        sys.executable,
-        "scripts/prepare_data.py",
-        "--images_dir",
-        str(MINI_IMAGES),
-        "--labels_csv",
-        str(MINI_KAGGLE_CSV),
-        "--output_dir",
-        str(out),
-        "--image_size",
-        "32",
-    )
+    result = prepare_data(MINI_KAGGLE_CSV, out, "--image_size", "32")
     assert result.returncode == 0, result.stderr
     assert "1000 CSV rows" in result.stdout and "skipped 0" in result.stdout
     import datasets
@@ -47,16 +43,7 @@ def test_prepare_data_script_reports_bad_rows(tmp_path):
     fields[1] = "Mass|Pneumonitis"  # line 6 of the file: a label NIH does not have
     lines[5] = ",".join(fields)
     csv.write_text("\n".join(lines) + "\n")
-    result = run(
-        sys.executable,
-        "scripts/prepare_data.py",
-        "--images_dir",
-        str(MINI_IMAGES),
-        "--labels_csv",
-        str(csv),
-        "--output_dir",
-        str(tmp_path / "out"),
-    )
+    result = prepare_data(csv, tmp_path / "out")
     assert result.returncode == 2
     assert "line 6" in result.stderr and "unknown label(s) ['Pneumonitis']" in result.stderr
     assert "Traceback" not in result.stderr

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from training_helpers import ToyLinear, tiny_vit_trainer, toy_args, toy_rows
 
 from cxr_vit.training import MultiLabelTrainer, parse_args, positive_weights
 from cxr_vit.training.plots import epoch_series, plot_training_curves
@@ -145,27 +146,13 @@ def test_torch_compile_trains_and_saves_plain_timm_weights(tmp_path):
     own names, not the compiled wrapper's ``_orig_mod.`` ones, and load strictly into a timm model."""
     import timm
     from conftest import TINY_IMAGE_SIZE as IMAGE_SIZE
-    from conftest import tiny_cache
     from safetensors.torch import load_file
 
-    from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
-    from cxr_vit.data.gpu_augment import BatchImageTransform
-    from cxr_vit.modeling import create_model, data_config
-    from cxr_vit.training import CXRTrainingArguments
-
-    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=IMAGE_SIZE)
-    args = CXRTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=8, max_steps=4, eval_strategy="no",
-        save_strategy="no", logging_strategy="no", load_best_model_at_end=False, report_to="none",
-        throughput_skip_steps=1, torch_compile=True,
+    trainer = tiny_vit_trainer(
+        tmp_path, cache_count=32, per_device_train_batch_size=8, max_steps=4, throughput_skip_steps=1,
+        torch_compile=True,
     )  # fmt: skip
-    trainer = MultiLabelTrainer(
-        model=model,
-        args=args,
-        train_dataset=CachedImageDataset(tiny_cache(tmp_path / "cache", count=32)),
-        data_collator=collate_batch,
-        batch_transform=BatchImageTransform(data_config(model)),
-    )
+    model = trainer.model
     trainer.train()
     assert isinstance(trainer.model_wrapped, torch._dynamo.eval_frame.OptimizedModule)
     assert trainer.throughput.metrics()["train_steady_images"] == 3 * 8
@@ -176,28 +163,11 @@ def test_torch_compile_trains_and_saves_plain_timm_weights(tmp_path):
     torch.testing.assert_close(weights["head.weight"], model.timm_model.head.weight.detach())
 
 
-class _Linear(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.linear = torch.nn.Linear(4, 15)
-
-    def forward(self, pixel_values):
-        from transformers.modeling_outputs import ImageClassifierOutput
-
-        return ImageClassifierOutput(logits=self.linear(pixel_values))
-
-
 def test_steady_throughput_leaves_out_the_epoch_end_metrics_pass(tmp_path, monkeypatch):
     import time
 
-    from transformers import TrainingArguments
-
-    rows = [{"pixel_values": torch.randn(4), "labels": (torch.rand(15) < 0.5).float()} for _ in range(16)]
-    args = TrainingArguments(
-        str(tmp_path), per_device_train_batch_size=4, max_steps=16, save_strategy="no", logging_strategy="no",
-        report_to="none", use_cpu=True, remove_unused_columns=False,
-    )  # fmt: skip
-    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=rows)
+    args = toy_args(tmp_path, per_device_train_batch_size=4, max_steps=16, save_strategy="no")
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(16))
     measured_pass = trainer.log_epoch_train_metrics
 
     def slow_pass():
@@ -211,10 +181,6 @@ def test_steady_throughput_leaves_out_the_epoch_end_metrics_pass(tmp_path, monke
     assert metrics["train_steady_seconds"] < 0.5  # two epoch ends (steps 12, 16) inside the window, not timed
 
 
-def _rows(count: int) -> list[dict]:
-    return [{"pixel_values": torch.randn(4), "labels": (torch.rand(15) < 0.5).float()} for _ in range(count)]
-
-
 def test_train_drop_last_drops_only_the_short_training_batch(tmp_path):
     from cxr_vit.training import CXRTrainingArguments
 
@@ -226,19 +192,16 @@ def test_train_drop_last_drops_only_the_short_training_batch(tmp_path):
         output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, train_drop_last=True,
         eval_strategy="no", save_strategy="no", load_best_model_at_end=False, report_to="none", use_cpu=True,
     )  # fmt: skip
-    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=_rows(10))
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(10))
     assert len(trainer.get_train_dataloader()) == 2  # 4 + 4; the last 2 images wait for the next epoch's shuffle
-    assert len(trainer.get_eval_dataloader(_rows(10))) == 3 and not args.dataloader_drop_last  # eval sees all
+    assert len(trainer.get_eval_dataloader(toy_rows(10))) == 3 and not args.dataloader_drop_last  # eval sees all
 
 
 def test_epoch_train_metrics_see_every_image_with_gradient_accumulation(tmp_path, monkeypatch):
-    from transformers import TrainingArguments
-
-    args = TrainingArguments(
-        str(tmp_path), per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=1,
-        save_strategy="no", logging_strategy="no", report_to="none", use_cpu=True, remove_unused_columns=False,
-    )  # fmt: skip
-    trainer = MultiLabelTrainer(model=_Linear(), args=args, train_dataset=_rows(60))
+    args = toy_args(
+        tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=1, save_strategy="no"
+    )
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(60))
     seen = []
     measured_pass = trainer.log_epoch_train_metrics
 
