@@ -16,7 +16,7 @@ Both end with grayscale -> 3 channels and the model's mean/std, computed as ``To
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -81,9 +81,9 @@ class BatchImageTransform:
         self.std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.scale, self.ratio, self.degrees, self.translate = scale, ratio, degrees, translate
         self.interpolation = interpolation
-        # mean/std per device, copied there once: a CPU -> GPU copy blocks the host until the GPU has run
-        # everything queued before it, so one per step would stall the training loop.
-        self._constants: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # Per device, copied there once: a CPU -> GPU copy blocks the host until the GPU has run everything
+        # queued before it, so one per step would stall the training loop.
+        self._constants: dict[torch.device, _Constants] = {}
 
     def __call__(self, images: torch.Tensor, training: bool) -> torch.Tensor:
         # fp32 whatever autocast is active: inputs are cast once by the model's own layers.
@@ -95,7 +95,7 @@ class BatchImageTransform:
         images = _as_bchw(images)
         batch_size, device = images.shape[0], images.device
         theta = self.random_theta(batch_size, device)
-        scale, bias = self._train_affine(device)
+        constants = self.constants(device)
         output = torch.empty((batch_size, 3, self.size, self.size), device=device)
         # On a CPU, chunks of a few images keep the intermediates in cache: about 2x the images/s of one pass.
         step = CPU_CHUNK_SIZE if device.type == "cpu" else max(batch_size, 1)
@@ -106,7 +106,7 @@ class BatchImageTransform:
                 images[start:stop].float(), grid, mode=self.interpolation, padding_mode="zeros", align_corners=False
             )
             # pixels 0..255 -> (p / 255 - mean) / std, fused into one pass that also makes the 3 channels
-            torch.addcmul(bias, sampled, scale, out=output[start:stop])
+            torch.addcmul(constants.bias, sampled, constants.scale, out=output[start:stop])
         return output
 
     def random_theta(self, batch_size: int, device: torch.device) -> torch.Tensor:
@@ -139,18 +139,22 @@ class BatchImageTransform:
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 1, H, W) in [0, 1] -> (B, 3, H, W) with the model's mean/std, as ``Normalize`` computes it."""
-        mean, std = self.mean_std(pixels.device)
-        return pixels.expand(-1, 3, -1, -1).sub(mean).div(std)
+        constants = self.constants(pixels.device)
+        return pixels.expand(-1, 3, -1, -1).sub(constants.mean).div(constants.std)
 
-    def mean_std(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's mean and std as (1, 3, 1, 1) tensors on ``device``."""
+    def constants(self, device: torch.device) -> _Constants:
+        """The model's mean/std, and the pixel -> input affine map, as (1, 3, 1, 1) tensors on ``device``."""
         if device not in self._constants:
-            self._constants[device] = (self.mean.to(device), self.std.to(device))
+            scale, bias = 1.0 / (255.0 * self.std), -self.mean / self.std  # (p / 255 - mean) / std = p * scale + bias
+            self._constants[device] = _Constants(*(t.to(device) for t in (self.mean, self.std, scale, bias)))
         return self._constants[device]
 
-    def _train_affine(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std = self.mean_std(device)
-        return 1.0 / (255.0 * std), -mean / std
+
+class _Constants(NamedTuple):
+    mean: torch.Tensor
+    std: torch.Tensor
+    scale: torch.Tensor
+    bias: torch.Tensor
 
 
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
