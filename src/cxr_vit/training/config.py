@@ -223,7 +223,6 @@ class CXRTrainingArguments(TrainingArguments):
         if self.input_pipeline not in INPUT_PIPELINES:
             raise ValueError(f"--input_pipeline must be one of {INPUT_PIPELINES}, got {self.input_pipeline!r}")
         if self.dataloader_num_workers is None:
-            on_gpu = not self.use_cpu and torch.cuda.is_available()
             self.dataloader_num_workers = default_num_workers(self.input_pipeline, on_gpu)
         if self.dataloader_persistent_workers is None:
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
