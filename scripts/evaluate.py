@@ -3,12 +3,13 @@
     python scripts/evaluate.py --model outputs/quickstart --dataset_name data/nih_mini_prepared \
         [--split test] --output_dir outputs/quickstart/evaluation [--n_bootstrap 1000]
 
-Writes report.json, report.md, roc_curves.png and pr_curves.png to --output_dir: per-label ROC-AUC and AUPRC
-with 95% confidence intervals from a bootstrap over patients, the 14-finding macro AUC as the headline,
-No Finding apart, and sensitivity / specificity / PPV / F1 at per-label thresholds chosen by Youden's J on the
-validation split. The thresholds are written into the model's config.json (key cxr_vit_thresholds), where
-scripts/predict.py and app.py read them. For a Hub id, an updated config.json goes to --output_dir instead,
-with the command that uploads it.
+Writes report.json, report.md, thresholds.json, roc_curves.png and pr_curves.png to --output_dir: per-label
+ROC-AUC and AUPRC with 95% confidence intervals from a bootstrap over patients, the 14-finding macro AUC as the
+headline, No Finding apart, and sensitivity / specificity / PPV / F1 at per-label thresholds chosen by Youden's J
+on the validation split. The model folder is left untouched; --save_thresholds also stores the thresholds in its
+config.json (key cxr_vit_thresholds), where scripts/predict.py and app.py read them (for a Hub id, an updated
+config.json goes to --output_dir, with the command that uploads it). predict.py --thresholds thresholds.json uses
+the file without touching the model.
 """
 
 import argparse
@@ -21,12 +22,15 @@ import datasets
 from cxr_vit.data import check_prepared_features
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
+    THRESHOLDS_FILE,
     evaluate_model,
     format_ci,
     store_thresholds,
     threshold_config_entries,
     write_report,
+    write_thresholds,
 )
+from cxr_vit.inference import PRECISIONS
 from cxr_vit.prediction import ModelLoadError, load_model
 
 
@@ -59,10 +63,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
     parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=PRECISIONS,
+        help="auto: bf16 on a GPU with native bf16, else fp32.",
+    )
+    parser.add_argument(
         "--save_thresholds",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="Store the chosen thresholds in the model's config.json (default: yes).",
+        action="store_true",
+        help="Also store the chosen thresholds in the model's config.json, for predict.py and app.py.",
     )
     args = parser.parse_args(argv)
     if args.n_bootstrap < 1 or args.batch_size < 1:
@@ -92,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         device=args.device,
         num_workers=args.num_workers,
+        precision=args.precision,
     )
     evaluation.report.update(
         model=args.model, dataset=args.dataset_name, split=args.split, validation_split=args.validation_split
@@ -99,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    info = {"rule": THRESHOLD_RULE, "dataset": args.dataset_name, "split": args.validation_split, "model": args.model}
+    evaluation.report["thresholds_file"] = str(
+        write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info)
+    )
     if args.save_thresholds:
-        info = {"rule": THRESHOLD_RULE, "dataset": args.dataset_name, "split": args.validation_split}
         entries = threshold_config_entries(evaluation.thresholds, info)
         saved = None
         if Path(args.model).is_dir():
@@ -125,9 +138,12 @@ def main(argv: list[str] | None = None) -> int:
         f"macro AUC (14 findings) on {args.split}: {format_ci(macro)} "
         f"({macro['n_resamples']}/{args.n_bootstrap} resamples had every finding's two classes)"
     )
-    print("wrote " + ", ".join(str(path) for path in paths.values()))
+    print("wrote " + ", ".join(str(path) for path in [*paths.values(), evaluation.report["thresholds_file"]]))
     if args.save_thresholds:
         print(f"thresholds stored in {evaluation.report['thresholds_saved_to']}")
+    else:
+        thresholds_file = evaluation.report["thresholds_file"]
+        print(f"model folder left untouched; use the thresholds with predict.py --thresholds {thresholds_file}")
     return 0
 
 

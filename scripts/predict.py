@@ -4,8 +4,10 @@
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
-`positives`, the labels at or above the per-label thresholds that scripts/evaluate.py stored in the model's
-config.json (0.5 when none are stored; the script says which). Unreadable files are named and skipped.
+`positives`, the labels at or above the per-label thresholds: --thresholds (a thresholds.json of
+scripts/evaluate.py), else those evaluate.py --save_thresholds stored in the model's config.json, else 0.5 (the
+script says which). Unreadable files are named and skipped. Predictions go through the same preprocessing and
+precision as the Trainer's evaluation and the evaluation report.
 
 Exit code: 0 all images predicted, 1 some files were skipped, 2 bad arguments (model, paths, no images).
 """
@@ -15,6 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cxr_vit.inference import PRECISIONS
 from cxr_vit.prediction import (
     ModelLoadError,
     Predictor,
@@ -36,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes that decode images.")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
+    parser.add_argument(
+        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU with native bf16, else fp32."
+    )
+    parser.add_argument("--thresholds", metavar="JSON", help="A thresholds.json written by scripts/evaluate.py.")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batch_size must be at least 1")
@@ -44,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         paths = find_images(args.paths)
-        predictor = Predictor.from_pretrained(args.model, device=args.device)
+        predictor = Predictor.from_pretrained(
+            args.model, device=args.device, precision=args.precision, thresholds_file=args.thresholds
+        )
     except (FileNotFoundError, ModelLoadError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

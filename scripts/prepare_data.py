@@ -4,7 +4,7 @@
     python scripts/prepare_data.py --images_dir sample/images --labels_csv sample/sample_labels.csv \\
         --output_dir data/nih_sample_256 --image_size 256
 
-    # the full release with the official test list
+    # the full release with the official test list (--split_seed: the patient-wise validation carve-out)
     python scripts/prepare_data.py --config full --images_dir nih --labels_csv nih/Data_Entry_2017_v2020.csv \\
         --train_val_list nih/train_val_list.txt --test_list nih/test_list.txt \\
         --output_dir data/nih_full_256 --image_size 256 --num_proc 8
@@ -18,7 +18,7 @@ import sys
 
 from transformers import HfArgumentParser
 
-from cxr_vit.data import NIHDataError, PrepareArguments, prepare_dataset
+from cxr_vit.data import NIHDataError, PrepareArguments, describe_missing_positives, ensure_prepared
 from cxr_vit.hub import HubAccessError, check_push_access, push_dataset
 
 
@@ -28,13 +28,21 @@ def main(args: PrepareArguments) -> int:
         repo_id = None
         if args.push_to_hub:  # check the token and repo before the long preparation
             repo_id = check_push_access(args.hub_dataset_id, args.hub_token, "dataset", private)
-        report = prepare_dataset(args.images_dir, args.labels_csv, args.output_dir, **args.build_kwargs())
-        splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
-        print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
-        if report.num_unlisted:
-            print(f"note: {report.num_unlisted} image(s) in {args.images_dir} are not in the CSV and were not used")
-        if report.skipped:
-            print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
+        report = ensure_prepared(
+            args.output_dir, args.images_dir, args.labels_csv, overwrite=args.overwrite_prepared, **args.build_kwargs()
+        )
+        if report is None:
+            print(f"{args.output_dir} is up to date: prepared from these files with these settings")
+        else:
+            splits = ", ".join(f"{name} {rows}" for name, rows in report.split_rows.items())
+            print(f"wrote {args.output_dir}: {report.csv_rows} CSV rows -> {splits}; skipped {report.num_skipped}")
+            if report.num_unlisted:
+                print(f"note: {report.num_unlisted} image(s) in {args.images_dir} are not in the CSV and were not used")
+            if report.skipped:
+                print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
+            if report.labels_without_positives:
+                missing = describe_missing_positives(report.labels_without_positives)
+                print(f"warning: labels without a positive image in some split (no AUC there): {missing}")
         if repo_id:
             print(f"pushed to {push_dataset(args.output_dir, repo_id, args.hub_token, private)}")
     except (NIHDataError, HubAccessError) as err:

@@ -21,11 +21,18 @@ import transformers
 from transformers import EarlyStoppingCallback, set_seed
 
 from cxr_vit.constants import TRAINING_CURVES_NAME
-from cxr_vit.data import NIHDataError, check_prepared_features, ensure_prepared
-from cxr_vit.data.cache import cache_image_size, default_cache_dir, ensure_cache
+from cxr_vit.data import (
+    NIHDataError,
+    check_prepared_features,
+    describe_missing_positives,
+    ensure_prepared,
+    labels_without_positives,
+    positive_counts,
+)
+from cxr_vit.data.cache import default_cache_dir, ensure_cache
 from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
 from cxr_vit.data.gpu_augment import BatchImageTransform
-from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, create_train_transform
+from cxr_vit.data.transforms import ModelImages, collate_images, eval_geometry
 from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import ModelArguments, create_model, data_config
@@ -50,8 +57,9 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
                 data_args.dataset_name,
                 data_args.images_dir,
                 data_args.labels_csv,
+                overwrite=data_args.overwrite_prepared,
                 image_size=data_args.prepare_image_size,
-                seed=training_args.seed,
+                split_seed=data_args.split_seed,
             )
     try:
         dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
@@ -70,6 +78,12 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
         check_prepared_features(dataset[name], f"{data_args.dataset_name}[{name}]")
         limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
         splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]
+    missing = labels_without_positives(positive_counts(splits))
+    if missing:
+        logger.warning(
+            "labels without a positive image in some split (no AUC there, left out of its macro): %s",
+            describe_missing_positives(missing),
+        )
     return splits
 
 
@@ -78,27 +92,27 @@ def input_datasets(
     data_args: DataArguments,
     training_args: CXRTrainingArguments,
     model_data_config: dict,
-) -> tuple[dict, Callable, BatchImageTransform | None]:
-    """Per-role datasets, their collator, and the on-device batch transform (cache pipeline only).
+) -> tuple[dict, Callable, BatchImageTransform]:
+    """Per-role datasets of uint8 squares, their collator, and the batch transform the Trainer runs on the device.
 
-    cache: each split decoded once into a uint8 memmap (built by the main process, reused while it matches
-    the split), read a sorted batch at a time and augmented on the device by the Trainer. datasets: PIL
-    transforms per image in the workers. Evaluation inputs are the same on both.
+    Both pipelines feed the same squares (:func:`cxr_vit.data.transforms.resize_for_model`) to the same device
+    transform, so they train and evaluate identically. cache: each split decoded once into a uint8 memmap (built
+    by the main process, reused while it matches), read a sorted batch at a time. datasets: decoded per image in
+    the DataLoader workers.
     """
+    geometry = eval_geometry(model_data_config)
+    batch_transform = BatchImageTransform(model_data_config)
     if training_args.input_pipeline == "datasets":
-        train = splits["train"].with_transform(ImageTransform(create_train_transform(model_data_config)))
-        evaluation = ImageTransform(create_eval_transform(model_data_config))
-        roles = {role: split.with_transform(evaluation) for role, split in splits.items() if role != "train"}
-        return {"train": train, **roles}, collate_fn, None
-    size = cache_image_size(model_data_config)
+        squares = ModelImages(geometry)
+        return {role: split.with_transform(squares) for role, split in splits.items()}, collate_images, batch_transform
     cached = {}
     with training_args.main_process_first(desc="image cache"):
         for role, split in splits.items():
             split_name = getattr(data_args, f"{role}_split")
-            directory = default_cache_dir(data_args.dataset_name, split_name, size, data_args.image_cache_dir)
-            cached[role] = CachedImageDataset(ensure_cache(split, directory, size))
-            logger.info("%s: %d images cached at %d px in %s", role, len(split), size, directory)
-    return cached, collate_batch, BatchImageTransform(model_data_config)
+            directory = default_cache_dir(data_args.dataset_name, split_name, geometry, data_args.image_cache_dir)
+            cached[role] = CachedImageDataset(ensure_cache(split, directory, geometry))
+            logger.info("%s: %d images cached at %d px in %s", role, len(split), geometry.resize_size, directory)
+    return cached, collate_batch, batch_transform
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: CXRTrainingArguments) -> None:
@@ -162,6 +176,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         callbacks=callbacks,
         pos_weight=pos_weight,
         batch_transform=batch_transform,
+        train_metrics=training_args.train_metrics,
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
@@ -188,7 +203,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 
     # ---- artifacts -----------------------------------------------------------------------------
     if trainer.is_world_process_zero():
-        plot_training_curves(training_history, os.path.join(training_args.output_dir, TRAINING_CURVES_NAME))
+        curves = os.path.join(training_args.output_dir, TRAINING_CURVES_NAME)
+        plot_training_curves(training_history, curves, weighted_loss=training_args.pos_weight)
         save_run_args(os.path.join(training_args.output_dir, "run_args.yaml"), model_args, data_args, training_args)
         write_model_card(training_args.output_dir, hub_repo_id)
 

@@ -25,10 +25,12 @@ def tiny_cache(directory: Path, count: int = 64, size: int = TINY_CACHE_SIZE) ->
 
     from cxr_vit.data.cache import write_cache
     from cxr_vit.data.synthetic import synthetic_xray
+    from cxr_vit.data.transforms import EvalGeometry
 
     images = [Image.fromarray(synthetic_xray(index, size=size)) for index in range(count)]
     labels = (np.random.default_rng(0).random((count, 15)) < 0.2).astype(np.float32)
-    return write_cache(directory, lambda start, stop: images[start:stop], labels, size)
+    geometry = EvalGeometry(min(TINY_IMAGE_SIZE, size), size, "bicubic")
+    return write_cache(directory, lambda start, stop: images[start:stop], labels, geometry)
 
 
 @pytest.fixture(scope="session")

@@ -78,6 +78,7 @@ def test_gpu_measurement_code_runs_on_cpu(tmp_path):
     """The GPU section, run on the CPU with a tiny model: every step of it executes and reports images/s."""
     from cxr_vit.benchmark import measure_gpu
     from cxr_vit.data.cache import write_cache
+    from cxr_vit.data.transforms import EvalGeometry
 
     paths = []
     for index in range(16):  # one full seed batch
@@ -85,7 +86,7 @@ def test_gpu_measurement_code_runs_on_cpu(tmp_path):
         Image.fromarray(synthetic_xray(index, size=64)).save(paths[-1])
     labels = np.zeros((16, 15), np.float32)
     images = [Image.fromarray(synthetic_xray(index, size=35)) for index in range(16)]
-    write_cache(tmp_path / "cache", lambda a, b: images[a:b], labels, 35)  # 35 = eval resize size for 32 px
+    write_cache(tmp_path / "cache", lambda a, b: images[a:b], labels, EvalGeometry(32, 35, "bicubic"))
     args = BenchmarkArguments(
         model_name="vit_tiny_patch16_224",
         image_size=32,

@@ -63,9 +63,9 @@ def test_both_csv_formats_and_seeds(tmp_path, small_nih):
         assert a[split].remove_columns(drop).to_list() == b[split].remove_columns(drop).to_list()
 
 
-def test_seed_changes_the_split(tmp_path, prepared_mini):
+def test_split_seed_changes_the_split(tmp_path, prepared_mini):
     default = datasets.load_dataset(str(prepared_mini))
-    other, _ = build_dataset(MINI_IMAGES, MINI_KAGGLE_CSV, seed=1, cache_dir=tmp_path)
+    other, _ = build_dataset(MINI_IMAGES, MINI_KAGGLE_CSV, split_seed=1, cache_dir=tmp_path)
     assert set(default["test"]["patient_id"]) != set(other["test"]["patient_id"])
 
 

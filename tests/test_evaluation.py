@@ -22,11 +22,11 @@ from cxr_vit.evaluation import (
     evaluate_model,
     metric_table,
     operating_points,
-    predict_split,
     store_thresholds,
     threshold_config_entries,
     weighted_auc_ap,
 )
+from cxr_vit.inference import Classifier
 from cxr_vit.metrics import multilabel_metrics
 from cxr_vit.modeling import save_model
 from cxr_vit.prediction import load_model, load_thresholds
@@ -175,7 +175,7 @@ def test_thresholds_are_chosen_on_validation_only(tiny_model, mini_splits, monke
     monkeypatch.setattr(evaluation, "choose_thresholds", lambda p, t: seen.append((p, t)) or original(p, t))
     result = evaluate_model(tiny_model, test, validation, n_bootstrap=10)
     assert len(seen) == 1 and len(seen[0][1]) == validation.num_rows != test.num_rows
-    val_probabilities, val_targets = predict_split(tiny_model, validation)
+    val_probabilities, val_targets = Classifier(tiny_model, device="cpu").predict_dataset(validation)
     np.testing.assert_allclose(seen[0][0], val_probabilities, rtol=1e-5)
     np.testing.assert_array_equal(seen[0][1], val_targets)
 
@@ -195,6 +195,7 @@ def run(*args, timeout=300) -> subprocess.CompletedProcess:
 
 def test_evaluate_script_writes_the_report_and_the_thresholds(prepared_mini, tmp_path):
     model = save_tiny_model(tmp_path / "model")
+    untouched = {path.name: path.read_bytes() for path in model.iterdir()}
     out = tmp_path / "report"
     args = ["--model", str(model), "--dataset_name", str(prepared_mini), "--output_dir", str(out)]
     result = run("scripts/evaluate.py", *args, "--n_bootstrap", "40", "--batch_size", "50")
@@ -221,6 +222,13 @@ def test_evaluate_script_writes_the_report_and_the_thresholds(prepared_mini, tmp
     for name in ("roc_curves.png", "pr_curves.png"):
         assert Image.open(out / name).size[0] >= 1000
 
+    assert {path.name: path.read_bytes() for path in model.iterdir()} == untouched  # the model folder, by default
+    written = json.loads((out / "thresholds.json").read_text())
+    assert written["thresholds"] == report["thresholds"] and written["split"] == "validation"
+    assert "predict.py --thresholds" in result.stdout
+
+    result = run("scripts/evaluate.py", *args, "--n_bootstrap", "10", "--save_thresholds")
+    assert result.returncode == 0, result.stderr
     config = json.loads((model / "config.json").read_text())
     assert config[THRESHOLDS_KEY] == report["thresholds"]
     assert config["cxr_vit_thresholds_info"]["split"] == "validation"
@@ -245,8 +253,32 @@ def test_evaluate_script_with_a_hub_id_writes_config_to_output_dir(prepared_mini
     monkeypatch.setattr(script, "load_model", lambda name: load_model(local))  # stands in for the Hub download
     out = tmp_path / "report"
     args = ["--model", "you/cxr-vit", "--dataset_name", str(prepared_mini), "--output_dir", str(out)]
-    assert script.main([*args, "--n_bootstrap", "5"]) == 0
+    assert script.main([*args, "--n_bootstrap", "5", "--save_thresholds"]) == 0
     assert "hf upload you/cxr-vit" in capsys.readouterr().err
     config = json.loads((out / "config.json").read_text())
     assert set(config[THRESHOLDS_KEY]) == set(LABELS) and config["model_type"] == "timm_wrapper"
     assert THRESHOLDS_KEY not in json.loads((local / "config.json").read_text())
+
+
+def test_a_label_with_one_class_is_na_left_out_and_counted_everywhere():
+    """One rule in every output: no AUC, not in the macro, counted (Trainer metrics) or n/a (report)."""
+    from cxr_vit.evaluation import report_markdown
+
+    rng = np.random.default_rng(5)
+    targets = (rng.random((80, 15)) < 0.3).astype(int)
+    targets[:, LABELS.index("Hernia")] = 0
+    scores = rng.random((80, 15))
+    trainer_metrics = multilabel_metrics(scores, targets)
+    assert "auc_Hernia" not in trainer_metrics and trainer_metrics["num_labels_without_auc"] == 1
+    report = bootstrap_report(scores, targets, np.arange(80) // 2, n_bootstrap=20)
+    assert report["labels"]["Hernia"]["auc"]["value"] is None
+    others = [trainer_metrics[f"auc_{label}"] for label in FINDINGS if label != "Hernia"]
+    assert report["auc_macro"]["value"] == pytest.approx(np.mean(others)) == trainer_metrics["auc_macro"]
+    entry = {"positives": 0, **report["labels"]["Hernia"], "threshold": 0.5}
+    entry.update(sensitivity=None, specificity=1.0, ppv=None, f1=None)
+    full = {
+        "num_images": 80, "num_patients": 40, "num_validation_images": 10, "auc_macro": report["auc_macro"],
+        "no_finding": {"label": NO_FINDING, **entry}, "labels": dict.fromkeys(LABELS, entry),
+        "threshold_rule": "test", "bootstrap": {"n_resamples": 20, "seed": 0, "confidence": 0.95},
+    }  # fmt: skip
+    assert "| Hernia " in report_markdown(full) and "n/a" in report_markdown(full).split("| Hernia ")[1].split("\n")[0]

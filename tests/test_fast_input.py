@@ -1,4 +1,4 @@
-"""The fast input path: uint8 memmap cache, batch-reading dataset, batch transforms on the device."""
+"""The input path: one preprocessing (uint8 squares), the memmap cache, the batch-reading dataset, device transforms."""
 
 import pickle
 from pathlib import Path
@@ -13,16 +13,18 @@ from conftest import MINI_IMAGES
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from cxr_vit.data.cache import cache_image_size, default_cache_dir, ensure_cache, read_meta, square_uint8, write_cache
+from cxr_vit.data.cache import default_cache_dir, ensure_cache, read_meta, write_cache
 from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
 from cxr_vit.data.gpu_augment import BatchImageTransform, affine_grid, crop_affine_theta
-from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform, to_rgb
-from cxr_vit.metrics import multilabel_metrics
-from cxr_vit.modeling import create_model, data_config
+from cxr_vit.data.transforms import EvalGeometry, ModelImages, collate_images, eval_geometry, resize_for_model
 
 
-def config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict:
-    return {"input_size": (3, size, size), "interpolation": "bicubic", "mean": mean, "std": std, "crop_pct": 0.9}
+def config(size: int, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), **overrides) -> dict:
+    return {"input_size": (3, size, size), "interpolation": "bicubic", "mean": mean, "std": std, "crop_pct": 0.9,
+            **overrides}  # fmt: skip
+
+
+GEOMETRY_64 = eval_geometry(config(64))  # squares of 71 px
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def validation(prepared_mini):
 
 @pytest.fixture(scope="module")
 def cache_dir(validation, tmp_path_factory):
-    return ensure_cache(validation, tmp_path_factory.mktemp("cache") / "validation-71px", 71)
+    return ensure_cache(validation, tmp_path_factory.mktemp("cache") / "validation-71px", GEOMETRY_64)
 
 
 # ---- cache -----------------------------------------------------------------------------------------
@@ -41,41 +43,64 @@ def cache_dir(validation, tmp_path_factory):
 def test_cache_holds_every_image_once_decoded(validation, cache_dir):
     images = np.load(cache_dir / "images.npy", mmap_mode="r")
     assert images.shape == (len(validation), 71, 71) and images.dtype == np.uint8
-    np.testing.assert_array_equal(images[3], square_uint8(validation[3]["image"], 71))
+    np.testing.assert_array_equal(images[3], resize_for_model(validation[3]["image"], GEOMETRY_64))
     np.testing.assert_array_equal(np.load(cache_dir / "labels.npy"), np.asarray(validation["labels"], np.float32))
 
 
-def test_cache_is_reused_and_rebuilt_when_stale(validation, tmp_path):
+def test_cache_is_reused_and_rebuilt_when_stale(validation, tmp_path, caplog):
     directory = tmp_path / "validation-71px"
-    ensure_cache(validation, directory, 71)
+    ensure_cache(validation, directory, GEOMETRY_64)
     built = (directory / "images.npy").stat().st_mtime_ns
-    ensure_cache(validation, directory, 71)
+    ensure_cache(validation, directory, GEOMETRY_64)
     assert (directory / "images.npy").stat().st_mtime_ns == built  # reused
-    ensure_cache(validation.select(range(10)), directory, 71)  # another dataset: stale
+    ensure_cache(validation.select(range(10)), directory, GEOMETRY_64)  # another dataset: stale
     assert read_meta(directory)["num_rows"] == 10 and len(CachedImageDataset(directory)) == 10
-    ensure_cache(validation.select(range(10)), directory, 64)  # another size: stale
-    assert np.load(directory / "images.npy").shape == (10, 64, 64)
+    assert "rebuilding the image cache" in caplog.text and "ids_sha1" in caplog.text
+    smaller = eval_geometry(config(56))  # another size: stale
+    ensure_cache(validation.select(range(10)), directory, smaller)
+    assert np.load(directory / "images.npy").shape == (10, 62, 62)
+    bilinear = eval_geometry(config(56, interpolation="bilinear"))  # same size, other interpolation: stale
+    caplog.clear()
+    ensure_cache(validation.select(range(10)), directory, bilinear)
+    assert "interpolation" in caplog.text and read_meta(directory)["interpolation"] == "bilinear"
+    expected = np.stack([resize_for_model(validation[i]["image"], bilinear) for i in range(10)])
+    np.testing.assert_array_equal(np.load(directory / "images.npy"), expected)
     assert [path.name for path in tmp_path.iterdir()] == ["validation-71px"]  # no staging folder left
 
 
-def test_cache_size_and_location(prepared_mini, tmp_path, monkeypatch):
-    vit_b = {"input_size": (3, 224, 224), "crop_pct": 0.9, "crop_mode": "center"}
-    assert cache_image_size(vit_b) == 248
-    assert cache_image_size({"input_size": (3, 64, 64), "crop_pct": 0.9}) == 71
+def test_geometry_and_cache_location(prepared_mini, tmp_path, monkeypatch):
+    vit_b = {"input_size": (3, 224, 224), "crop_pct": 0.9, "crop_mode": "center", "interpolation": "bicubic"}
+    assert eval_geometry(vit_b) == EvalGeometry(224, 248, "bicubic")
+    assert eval_geometry({"input_size": (3, 64, 64), "crop_pct": 0.9}).resize_size == 71
     with pytest.raises(ValueError, match="center"):
-        cache_image_size({**vit_b, "crop_mode": "squash"})
-    assert default_cache_dir(str(prepared_mini), "train", 248) == prepared_mini / "cache" / "train-248px"
-    assert default_cache_dir("you/nih", "train", 248, root="/r") == Path("/r/train-248px")
+        eval_geometry({**vit_b, "crop_mode": "squash"})
+    with pytest.raises(ValueError, match="square"):
+        eval_geometry({**vit_b, "input_size": (3, 224, 256)})
+    geometry = eval_geometry(vit_b)
+    assert default_cache_dir(str(prepared_mini), "train", geometry) == prepared_mini / "cache" / "train-248px-bicubic"
+    assert default_cache_dir("you/nih", "train", geometry, root="/r") == Path("/r/train-248px-bicubic")
     monkeypatch.delenv("CXR_VIT_CACHE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HOME", str(tmp_path))  # a Hub id: beside the Hub caches
-    assert default_cache_dir("you/nih", "train", 248) == tmp_path / "cxr_vit" / "you--nih" / "train-248px"
+    expected = tmp_path / "cxr_vit" / "you--nih" / "train-248px-bicubic"
+    assert default_cache_dir("you/nih", "train", geometry) == expected
     monkeypatch.setenv("CXR_VIT_CACHE", str(tmp_path / "elsewhere"))
-    assert default_cache_dir("you/nih", "train", 248) == tmp_path / "elsewhere" / "you--nih" / "train-248px"
+    expected = tmp_path / "elsewhere" / "you--nih" / "train-248px-bicubic"
+    assert default_cache_dir("you/nih", "train", geometry) == expected
 
 
-def test_square_uint8_center_crops_non_square_images():
-    image = Image.fromarray(np.tile(np.arange(40, dtype=np.uint8), (20, 1)))  # 40 wide, 20 high
-    assert square_uint8(image, 20)[0].tolist() == list(range(10, 30))
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize(("size", "crop_pct"), [(64, 0.9), (224, 0.875), (32, 1.0)])
+@pytest.mark.parametrize("shape", [(256, 256), (300, 256), (256, 301), (97, 180), (40, 30)])
+def test_squares_then_device_crop_equal_timm_eval_transform(interpolation, size, crop_pct, shape):
+    """The one preprocessing is bit for bit timm's eval transform (what AutoImageProcessor and pipeline apply),
+    for square and non-square images, smaller and larger than the model's input."""
+    cfg = config(size, crop_pct=crop_pct, interpolation=interpolation)
+    source = np.asarray(Image.open(sorted(MINI_IMAGES.iterdir())[0]).resize((256, 256), Image.Resampling.BICUBIC))
+    image = Image.fromarray(source).resize((shape[1], shape[0]), Image.Resampling.BILINEAR)
+    reference = timm.data.create_transform(**cfg, is_training=False)(image.convert("RGB"))
+    square = torch.from_numpy(resize_for_model(image, eval_geometry(cfg)))
+    ours = BatchImageTransform(cfg)(square[None], training=False)[0]
+    assert torch.equal(ours, reference)
 
 
 # ---- batch dataset ---------------------------------------------------------------------------------
@@ -105,7 +130,8 @@ def test_workers_memory_map_instead_of_copying(tmp_path):
 
     tile = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
     count = 1536  # 24 MB
-    write_cache(tmp_path / "c", lambda a, b: [Image.fromarray(tile)] * (b - a), np.zeros((count, 15)), 128)
+    squares = EvalGeometry(128, 128, "bicubic")
+    write_cache(tmp_path / "c", lambda a, b: [Image.fromarray(tile)] * (b - a), np.zeros((count, 15)), squares)
     memory = measure_worker_memory(tmp_path / "c")
     assert memory["workers"] == 2 and memory["cache_mb"] == pytest.approx(24, abs=0.1)
     assert memory["max_worker_private_growth_mb"] < 6  # a copy of the cache would be 12-24 MB
@@ -115,18 +141,11 @@ def test_workers_memory_map_instead_of_copying(tmp_path):
 # ---- batch transforms ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("size", [64, 224])
-def test_eval_path_reproduces_timm_eval_transform(validation, size):
-    cfg = config(size)
-    reference_transform = timm.data.create_transform(**cfg, is_training=False)
-    images = [validation[i]["image"].resize((256, 256), Image.Resampling.BICUBIC) for i in range(6)]
-    reference = torch.stack([reference_transform(to_rgb(image)) for image in images])
-    transform = BatchImageTransform(cfg)
-    cached = torch.from_numpy(np.stack([square_uint8(image, cache_image_size(cfg)) for image in images]))
-    assert torch.equal(transform(cached, training=False), reference)  # cache at the eval resize size: exact
-    unresized = torch.from_numpy(np.stack([np.asarray(image) for image in images]))
-    difference = (transform(unresized, training=False) - reference).abs()  # resized on the device
-    assert difference.max() < 3 / 255 / 0.224 and difference.mean() < 0.01
+def test_eval_batch_takes_only_the_squares_it_was_built_for():
+    transform = BatchImageTransform(config(64))
+    assert transform(torch.zeros(2, 71, 71, dtype=torch.uint8), training=False).shape == (2, 3, 64, 64)
+    with pytest.raises(ValueError, match="expected 71x71 squares"):
+        transform(torch.zeros(2, 80, 80, dtype=torch.uint8), training=False)
 
 
 def test_affine_grid_matches_torch():
@@ -171,26 +190,12 @@ def test_train_path_augments_each_image_differently():
         transform(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), training=True)
 
 
-# ---- same metrics on both input paths ----------------------------------------------------------------
+# ---- both input pipelines give the device the same squares -----------------------------------------
 
 
-@torch.no_grad()
-def test_eval_metrics_agree_between_datasets_and_cache_paths(validation, cache_dir):
-    torch.manual_seed(0)
-    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=64, model_kwargs={"depth": 2}).eval()
-    model_config = data_config(model)
-    assert cache_image_size(model_config) == 71
-    reference = validation.with_transform(ImageTransform(create_eval_transform(model_config)))
-    probabilities = []
-    for batch in DataLoader(reference, batch_size=32, collate_fn=collate_fn):
-        probabilities.append(torch.sigmoid(model(pixel_values=batch["pixel_values"]).logits))
-    transform = BatchImageTransform(model_config)
-    cached = []
-    for batch in DataLoader(CachedImageDataset(cache_dir), batch_size=32, collate_fn=collate_batch):
-        cached.append(torch.sigmoid(model(pixel_values=transform(batch["pixel_values"], training=False)).logits))
-    labels = np.asarray(validation["labels"])
-    expected = multilabel_metrics(torch.cat(probabilities).numpy(), labels)
-    actual = multilabel_metrics(torch.cat(cached).numpy(), labels)
-    assert actual.keys() == expected.keys()
-    for name, value in expected.items():
-        assert actual[name] == pytest.approx(value, abs=1e-6), name
+def test_datasets_pipeline_squares_equal_the_cache(validation, cache_dir):
+    per_image = validation.with_transform(ModelImages(GEOMETRY_64))
+    decoded = next(iter(DataLoader(per_image, batch_size=len(validation), collate_fn=collate_images)))
+    cached = CachedImageDataset(cache_dir).__getitems__(list(range(len(validation))))
+    assert torch.equal(decoded["pixel_values"], cached["pixel_values"])
+    assert torch.equal(decoded["labels"], cached["labels"])

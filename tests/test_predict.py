@@ -13,7 +13,8 @@ from inference_helpers import TINY_SIZE, load_script, save_tiny_model, write_mix
 from PIL import Image
 
 from cxr_vit.constants import LABELS
-from cxr_vit.heatmaps import grad_cam, heatmap_panel, input_view, overlay
+from cxr_vit.data.transforms import model_view
+from cxr_vit.heatmaps import grad_cam, heatmap_panel, overlay
 from cxr_vit.prediction import (
     ModelLoadError,
     Predictor,
@@ -73,7 +74,7 @@ def test_malformed_stored_thresholds_are_named(model_dir, stored):
 
 def test_grad_cam_shape_range_and_class_specificity(predictor):
     images = [read_image(XRAY), read_image(TEST_DATA / "00000017_000.png")]
-    pixels = predictor.pixel_values(images)
+    pixels = predictor.classifier.inputs(predictor.classifier.squares(images))
     maps = grad_cam(predictor.model, pixels, torch.tensor([[0, 4, 9], [1, 4, 13]]))
     assert maps.shape == (2, 3, TINY_SIZE, TINY_SIZE)
     assert maps.min() >= 0.0 and maps.max() <= 1.0
@@ -84,7 +85,7 @@ def test_grad_cam_shape_range_and_class_specificity(predictor):
 
 def test_heatmap_panel_and_overlay(predictor):
     image = read_image(XRAY)
-    view = input_view(predictor.transform, image.convert("RGB"))
+    view = model_view(predictor.classifier.squares([image])[0].numpy(), predictor.classifier.geometry)
     assert view.size == (TINY_SIZE, TINY_SIZE)  # what the model saw: resized and center-cropped
     blended = overlay(view, np.linspace(0, 1, 16).reshape(4, 4))
     assert blended.mode == "RGB" and blended.size == view.size
@@ -140,3 +141,24 @@ def test_heatmap_panel_sizes():
     view = Image.new("L", (64, 64), 128)
     panel = heatmap_panel(view, [("A", np.zeros((64, 64))), ("B", np.ones((64, 64)))], panel_size=100)
     assert panel.size == (300, 100 + 12)
+
+
+def test_a_thresholds_file_decides_the_positives_without_touching_the_model(tmp_path, capsys):
+    from inference_helpers import only_positive
+
+    from cxr_vit.evaluation import write_thresholds
+
+    model = save_tiny_model(tmp_path / "model")
+    thresholds = write_thresholds(tmp_path / "thresholds.json", only_positive("Hernia"), {"rule": "set by the test"})
+    predictor = Predictor.from_pretrained(model, device="cpu", thresholds_file=thresholds)
+    assert predictor.predict([read_image(XRAY)])[0].positives == ["Hernia"]
+    assert "thresholds.json" in predictor.thresholds_source and "set by the test" in predictor.thresholds_source
+
+    main = load_script(REPO / "scripts" / "predict.py").main
+    output = tmp_path / "preds.csv"
+    assert main(["--model", str(model), str(XRAY), "--output", str(output), "--thresholds", str(thresholds)]) == 0
+    assert pd.read_csv(output)["positives"].tolist() == ["Hernia"]
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"thresholds": {"Hernia": 0.5}}')
+    assert main(["--model", str(model), str(XRAY), "--output", str(output), "--thresholds", str(broken)]) == 2
+    assert "broken.json: not a thresholds.json" in capsys.readouterr().err

@@ -74,7 +74,7 @@ def test_non_finite_loss_stops_training_before_that_model_is_saved(tmp_path):
 
 
 def test_non_finite_loss_is_found_between_saves_within_the_check_interval(tmp_path):
-    from cxr_vit.training.trainer import NONFINITE_CHECK_STEPS
+    from cxr_vit.training.callbacks import NONFINITE_CHECK_STEPS
 
     args = toy_args(tmp_path, per_device_train_batch_size=1, max_steps=NONFINITE_CHECK_STEPS * 3, save_strategy="no")
     trainer = MultiLabelTrainer(model=ToyLinear(nan_from_call=5), args=args, train_dataset=toy_rows(64))

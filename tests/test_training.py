@@ -77,19 +77,29 @@ def test_compute_loss_is_weighted_bce(tmp_path):
     assert loss.item() == pytest.approx(expected.item())
 
 
-def test_training_curves_plot(tmp_path):
+def test_training_curves_plot(tmp_path, monkeypatch):
     history = [
-        {"epoch": 1.0, "epoch_loss": 0.7, "epoch_auc_macro": 0.55, "step": 5},
+        {"epoch": 1.0, "loss": 0.7, "step": 5},
+        {"epoch": 1.0, "epoch_auc_macro": 0.55, "step": 5},
         {"epoch": 1.0, "eval_loss": 0.6, "eval_auc_macro": 0.6, "step": 5},
-        {"epoch": 2.0, "epoch_loss": 0.5, "epoch_auc_macro": 0.65, "step": 10},
+        {"epoch": 2.0, "loss": 0.5, "epoch_auc_macro": 0.65, "step": 10},
         {"epoch": 2.0, "eval_loss": 0.55, "eval_auc_macro": 0.62, "step": 10},
     ]
     assert epoch_series(history, "eval_auc_macro") == ([1.0, 2.0], [0.6, 0.62])
+    assert epoch_series(history, "loss") == ([1.0, 2.0], [0.7, 0.5])
+    import matplotlib.axes
+
+    titles, original = [], matplotlib.axes.Axes.set_title
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda axis, t, **kw: titles.append(t) or original(axis, t))
     plot_training_curves(history, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 10_000
+    assert titles[:2] == ["Train loss (BCE)", "Validation loss (BCE)"]
+    plot_training_curves(history, tmp_path / "weighted.png", weighted_loss=True)  # --pos_weight: say so
+    assert titles[4:6] == ["Train loss (BCE, positives weighted)", "Validation loss (BCE, positives weighted)"]
 
 
 def test_learning_rate_and_batch_defaults(tmp_path, monkeypatch):
+    from cxr_vit.training import CXRTrainingArguments
     from cxr_vit.training.config import scaled_learning_rate
 
     out = ["--output_dir", str(tmp_path)]
@@ -97,7 +107,7 @@ def test_learning_rate_and_batch_defaults(tmp_path, monkeypatch):
     assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (32, 64)  # CPU defaults
     assert args.learning_rate == pytest.approx(1e-4 * (32 / 256) ** 0.5)  # lr_base, sqrt-scaled to batch 32
     assert not args.logging_nan_inf_filter and not args.accelerator_config.non_blocking  # nothing pinned on a CPU
-    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setattr(CXRTrainingArguments, "world_size", property(lambda self: 4))  # as under accelerate launch
     _, _, args = parse_args([*out, "--per_device_train_batch_size", "128", "--gradient_accumulation_steps", "2"])
     assert args.global_train_batch_size == 1024 and args.learning_rate == pytest.approx(2e-4)
     _, _, args = parse_args([*out, "--per_device_train_batch_size", "64", "--lr_base_scale", "linear"])
@@ -106,6 +116,20 @@ def test_learning_rate_and_batch_defaults(tmp_path, monkeypatch):
     assert args.learning_rate == pytest.approx(3e-4)  # a given rate is used as it is
     with pytest.raises(ValueError, match="lr_base_scale"):
         scaled_learning_rate(1e-4, 256, 512, "cube")
+
+
+def test_plain_python_on_several_gpus_scales_the_rate_to_the_dataparallel_batch(tmp_path, monkeypatch, caplog):
+    """One process seeing 4 GPUs (torch DataParallel) trains 4 x per_device images a step: the default rate
+    follows that real global batch, and the run says accelerate launch would be faster."""
+    from cxr_vit.training import CXRTrainingArguments
+
+    monkeypatch.setattr(CXRTrainingArguments, "n_gpu", property(lambda self: 4))
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--per_device_train_batch_size", "64"])
+    assert args.train_batch_size == 256 and args.global_train_batch_size == 256
+    assert args.learning_rate == pytest.approx(1e-4)  # lr_base is for 256: 4 GPUs x 64
+    assert "4 GPUs in one process: torch DataParallel" in caplog.text and "accelerate launch --multi_gpu" in caplog.text
+    _, _, args = parse_args(["--output_dir", str(tmp_path), "--per_device_train_batch_size", "16"])
+    assert args.learning_rate == pytest.approx(1e-4 * (64 / 256) ** 0.5)  # sqrt rule on 4 x 16
 
 
 def test_throughput_meter_times_steps_only(monkeypatch):
@@ -118,25 +142,28 @@ def test_throughput_meter_times_steps_only(monkeypatch):
     clock = [100.0]
     monkeypatch.setattr(throughput.time, "perf_counter", lambda: clock[0])
     meter = throughput.ThroughputMeter(skip_steps=2)
-    args, control = SimpleNamespace(device=torch.device("cpu")), TrainerControl()
-    state = TrainerState(global_step=0, max_steps=6)
-    meter.on_train_begin(args, state, control)
-    for step in range(1, 7):
-        meter.count(8)
+    args = SimpleNamespace(device=torch.device("cpu"), gradient_accumulation_steps=1)
+    loader = type("Loader", (), {"total_batch_size": 8, "total_dataset_length": 44, "__len__": lambda self: 6})()
+    control, state = TrainerControl(), TrainerState(global_step=0, max_steps=6)
+    meter.on_train_begin(args, state, control, train_dataloader=loader)
+    for step in range(1, 7):  # one epoch of 6 steps: 5 x 8 images and a last step of 4
+        meter.on_step_begin(args, state, control)
         clock[0] += 30.0 if step == 1 else 1.0  # the first step compiles
-        if step == 4:
-            with meter.excluded():  # an evaluation: left out of the window
-                clock[0] += 50.0
         state.global_step = step
+        control.should_evaluate = step == 4
         meter.on_step_end(args, state, control)
+        if step == 4:  # the evaluation the Trainer runs after this step end: left out of the window
+            clock[0] += 50.0
     meter.on_epoch_end(args, state, control)
+    clock[0] += 20.0  # the epoch's evaluation and checkpoint
+    meter.on_train_end(args, state, control)
     metrics = meter.metrics()
-    assert metrics["train_steady_images"] == 4 * 8  # steps 3-6
+    assert metrics["train_steady_images"] == 3 * 8 + 4  # steps 3-6, the last one short
     assert metrics["train_steady_seconds"] == pytest.approx(4.0)
-    assert metrics["train_steady_images_per_second"] == pytest.approx(8.0)
+    assert metrics["train_steady_images_per_second"] == pytest.approx(7.0)
 
     short = throughput.ThroughputMeter(skip_steps=10)  # a run shorter than the skipped steps measures nothing
-    short.on_train_begin(args, TrainerState(global_step=0, max_steps=3), control)
+    short.on_train_begin(args, TrainerState(global_step=0, max_steps=3), control, train_dataloader=loader)
     assert short.metrics() == {}
 
 
@@ -163,52 +190,40 @@ def test_torch_compile_trains_and_saves_plain_timm_weights(tmp_path):
     torch.testing.assert_close(weights["head.weight"], model.timm_model.head.weight.detach())
 
 
-def test_steady_throughput_leaves_out_the_epoch_end_metrics_pass(tmp_path, monkeypatch):
+def test_steady_throughput_counts_real_images_and_leaves_out_the_epoch_end_metrics_pass(tmp_path, monkeypatch):
     import time
 
-    args = toy_args(tmp_path, per_device_train_batch_size=4, max_steps=16, save_strategy="no")
-    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(16))
-    measured_pass = trainer.log_epoch_train_metrics
+    args = toy_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=4, save_strategy="no")
+    args.logging_strategy = "epoch"
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(14), train_metrics=True)
+    measured_pass = trainer.train_metrics.on_epoch_end
 
-    def slow_pass():
+    def slow_pass(*pass_args, **kwargs):
         time.sleep(0.5)
-        measured_pass()
+        measured_pass(*pass_args, **kwargs)
 
-    monkeypatch.setattr(trainer, "log_epoch_train_metrics", slow_pass)
+    monkeypatch.setattr(trainer.train_metrics, "on_epoch_end", slow_pass)
     trainer.train()
     metrics = trainer.throughput.metrics()
-    assert metrics["train_steady_images"] == 6 * 4  # steps 11-16
-    assert metrics["train_steady_seconds"] < 0.5  # two epoch ends (steps 12, 16) inside the window, not timed
+    # epochs of 4 + 4 + 4 + 2 images; steps 11-16 timed: epoch 3's last two steps and all of epoch 4
+    assert metrics["train_steady_images"] == (4 + 2) + (4 + 4 + 4 + 2)
+    assert metrics["train_steady_seconds"] < 0.5  # three epoch ends inside the window, none timed
+    history = trainer.state.log_history  # the epoch's train AUC travels with the epoch's loss log
+    assert [(entry["epoch_train_images"], "loss" in entry) for entry in history if "epoch_auc_macro" in entry] == [
+        (14, True)
+    ] * 4
 
 
-def test_train_drop_last_drops_only_the_short_training_batch(tmp_path):
-    from cxr_vit.training import CXRTrainingArguments
-
-    _, _, args = parse_args(["--output_dir", str(tmp_path)])
-    assert args.train_drop_last is False  # on only with --torch_compile by default
-    _, _, args = parse_args(["--output_dir", str(tmp_path), "--torch_compile", "true"])
-    assert args.train_drop_last is True
-    args = CXRTrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, train_drop_last=True,
-        eval_strategy="no", save_strategy="no", load_best_model_at_end=False, report_to="none", use_cpu=True,
-    )  # fmt: skip
-    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(10))
-    assert len(trainer.get_train_dataloader()) == 2  # 4 + 4; the last 2 images wait for the next epoch's shuffle
-    assert len(trainer.get_eval_dataloader(toy_rows(10))) == 3 and not args.dataloader_drop_last  # eval sees all
-
-
-def test_epoch_train_metrics_see_every_image_with_gradient_accumulation(tmp_path, monkeypatch):
+def test_train_metrics_are_opt_in_and_see_every_image_with_gradient_accumulation(tmp_path):
     args = toy_args(
         tmp_path, per_device_train_batch_size=8, gradient_accumulation_steps=2, num_train_epochs=1, save_strategy="no"
     )
-    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(60))
-    seen = []
-    measured_pass = trainer.log_epoch_train_metrics
-
-    def counting_pass():
-        seen.append(sum(len(labels) for labels in trainer._epoch_labels))
-        measured_pass()
-
-    monkeypatch.setattr(trainer, "log_epoch_train_metrics", counting_pass)
+    args.logging_strategy = "epoch"
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(60), train_metrics=True)
     trainer.train()
-    assert seen == [60]  # 7 full batches of 8 and one of 4, none trimmed
+    (entry,) = [entry for entry in trainer.state.log_history if "epoch_auc_macro" in entry]
+    assert entry["epoch_train_images"] == 60  # 7 full batches of 8 and one of 4, none trimmed
+    plain = MultiLabelTrainer(model=ToyLinear(), args=args, train_dataset=toy_rows(60))
+    assert plain.train_metrics is None and plain.train_metrics not in plain.callback_handler.callbacks
+    plain.train()
+    assert not any("epoch_auc_macro" in entry for entry in plain.state.log_history)

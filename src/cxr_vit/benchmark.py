@@ -33,11 +33,12 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from . import seed_recipe
-from .data.cache import IMAGES_FILE, cache_image_size, ensure_cache, write_cache
+from .data.cache import IMAGES_FILE, ensure_cache, write_cache
 from .data.cached_dataset import CachedImageDataset, collate_batch
 from .data.gpu_augment import BatchImageTransform
 from .data.nih import index_images, multi_hot_matrix, read_labels_csv
 from .data.synthetic import write_synthetic_nih
+from .data.transforms import EvalGeometry, ModelImages, collate_images, eval_geometry
 
 NOT_MEASURED = "not measured yet"
 MIN_IMAGES = 24  # fewer rows can leave a patient-wise split empty
@@ -100,7 +101,7 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
         data_config = model_data_config(args.model_name, args.image_size)
         results: dict[str, Any] = {"machine": machine_info(), "settings": asdict(args)}
         results["prepare"], dataset = measure_prepare(images_dir, labels_csv, work, args.prepare_image_size)
-        results["cache"], cache_dir = measure_cache_build(dataset, work, cache_image_size(data_config))
+        results["cache"], cache_dir = measure_cache_build(dataset, work, eval_geometry(data_config))
         read_dir = repeat_cache(cache_dir, work / "cache" / "repeated", args.read_cache_mb)
         results["cpu_pipeline"] = measure_cpu_pipelines(args, paths, labels, dataset, read_dir, data_config)
         results["memory"] = measure_worker_memory(read_dir)
@@ -173,10 +174,11 @@ def measure_prepare(images_dir: Path, labels_csv: Path, work: Path, image_size: 
     return {"images": count, "seconds": seconds, "img_per_s": count / seconds, "image_size": image_size}, dataset
 
 
-def measure_cache_build(dataset, work: Path, image_size: int) -> tuple[dict[str, Any], Path]:
+def measure_cache_build(dataset, work: Path, geometry: EvalGeometry) -> tuple[dict[str, Any], Path]:
+    image_size = geometry.resize_size
     directory = work / "cache" / f"all-{image_size}px"
     start = time.perf_counter()
-    ensure_cache(dataset, directory, image_size)
+    ensure_cache(dataset, directory, geometry)
     seconds = time.perf_counter() - start
     megabytes = (directory / IMAGES_FILE).stat().st_size / 2**20
     info = {"images": len(dataset), "seconds": seconds, "img_per_s": len(dataset) / seconds}
@@ -192,7 +194,8 @@ def repeat_cache(source: Path, directory: Path, megabytes: int) -> Path:
     def read_images(start: int, stop: int) -> list[Image.Image]:
         return [Image.fromarray(np.asarray(images[i % len(images)])) for i in range(start, stop)]
 
-    return write_cache(directory, read_images, np.zeros((count, 15), np.float32), images.shape[-1])
+    side = images.shape[-1]  # already squares of the eval resize side: stored as they are
+    return write_cache(directory, read_images, np.zeros((count, 15), np.float32), EvalGeometry(side, side, "bicubic"))
 
 
 # ---- CPU input pipelines -------------------------------------------------------------------------
@@ -229,14 +232,12 @@ def interleaved_rates(steps: dict[str, Callable[[], int]], seconds: float, round
 
 def measure_cpu_pipelines(args, paths, labels, dataset, cache_dir: Path, data_config) -> dict[str, Any]:
     """Per-core images/s of the seed's per-image path, ours (cache read + batch augmentation), and `datasets`."""
-    from .data.transforms import ImageTransform, collate_fn, create_train_transform
-
     rng = np.random.default_rng(0)
     seed_dataset = seed_recipe.SeedDataset(paths, labels, seed_recipe.seed_transform(args.image_size))
     seed_order = itertools.cycle(range(len(seed_dataset)))
     cached = CachedImageDataset(cache_dir)
     transform = BatchImageTransform(data_config)
-    hf_view = dataset.with_transform(ImageTransform(create_train_transform(data_config)))
+    hf_view = dataset.with_transform(ModelImages(eval_geometry(data_config)))
 
     def seed_step() -> int:
         seed_dataset[next(seed_order)]
@@ -255,7 +256,7 @@ def measure_cpu_pipelines(args, paths, labels, dataset, cache_dir: Path, data_co
 
     def datasets_step() -> int:
         indices = rng.integers(0, len(hf_view), seed_recipe.SEED_BATCH_SIZE).tolist()
-        collate_fn(hf_view.__getitems__(indices))
+        collate_images(hf_view.__getitems__(indices))
         return len(indices)
 
     steps = {"seed": seed_step, "ours": ours_step, "ours_read_only": read_step, "datasets_path": datasets_step}
@@ -553,8 +554,8 @@ def format_table(results: dict[str, Any]) -> str:
         ),
         (
             "CPU, `datasets` path (per core)",
-            f"decode of the prepared {prep['image_size']} px PNG + PIL "
-            "RandomResizedCrop/RandomAffine/ToTensor/Normalize + collate",
+            f"what a `datasets`-pipeline worker does: decode the prepared {prep['image_size']} px PNG, timm's eval "
+            "resize to the uint8 square, collate (the augmentation then runs on the device, as for the cache)",
             _number(cpu["datasets_path_img_per_s"], " img/s"),
         ),
         (

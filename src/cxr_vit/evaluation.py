@@ -26,39 +26,16 @@ from pathlib import Path
 import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, multilabel_confusion_matrix, roc_auc_score, roc_curve
-from torch.utils.data import DataLoader
 
 from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
-from .data.transforms import ImageTransform, collate_fn, create_eval_transform
-from .modeling import data_config
+from .inference import Classifier
+from .metrics import label_scores
 
 logger = logging.getLogger(__name__)
 
 THRESHOLD_RULE = "Youden's J (max sensitivity + specificity - 1) on the validation split"
 FALLBACK_THRESHOLD = 0.5
 FINDING_IDS = np.array([LABEL2ID[label] for label in FINDINGS])
-
-
-# ---- inference ---------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict_split(
-    model, dataset, batch_size: int = 64, device: str | None = None, num_workers: int = 0, desc: str = "predict"
-) -> tuple[np.ndarray, np.ndarray]:
-    """(probabilities, multi-hot targets), both ``(n, 15)``, for a prepared split, with a progress bar."""
-    from tqdm.auto import tqdm
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = model.eval().to(device)
-    transformed = dataset.with_transform(ImageTransform(create_eval_transform(data_config(model))))
-    loader = DataLoader(transformed, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
-    probabilities, targets = [], []
-    for batch in tqdm(loader, desc=desc, unit="batch"):
-        logits = model(pixel_values=batch["pixel_values"].to(device)).logits
-        probabilities.append(torch.sigmoid(logits.float()).cpu().numpy())
-        targets.append(batch["labels"].numpy())
-    return np.concatenate(probabilities), np.concatenate(targets).astype(np.int64)
 
 
 # ---- thresholds --------------------------------------------------------------------------------------
@@ -109,6 +86,16 @@ def threshold_config_entries(thresholds: dict[str, float], info: dict) -> dict:
     return {THRESHOLDS_KEY: {label: float(thresholds[label]) for label in LABELS}, THRESHOLDS_INFO_KEY: info}
 
 
+THRESHOLDS_FILE = "thresholds.json"
+
+
+def write_thresholds(path: str | os.PathLike, thresholds: dict[str, float], info: dict) -> Path:
+    """``thresholds.json``: the per-label thresholds in canonical order and how they were chosen."""
+    path = Path(path)
+    path.write_text(json.dumps({"thresholds": {label: float(thresholds[label]) for label in LABELS}, **info}, indent=2))
+    return path
+
+
 def store_thresholds(model_dir: str | os.PathLike, entries: dict) -> Path:
     """Add the threshold keys to ``model_dir/config.json`` in place, every other key untouched."""
     path = Path(model_dir) / "config.json"
@@ -123,22 +110,10 @@ def store_thresholds(model_dir: str | os.PathLike, entries: dict) -> Path:
 # ---- bootstrap ---------------------------------------------------------------------------------------
 
 
-def _label_metrics(targets: np.ndarray, scores: np.ndarray, weights: np.ndarray | None) -> tuple[float, float]:
-    """(ROC-AUC, average precision) of one label, NaN when only one class is present."""
-    if weights is not None:
-        keep = weights > 0
-        targets, scores, weights = targets[keep], scores[keep], weights[keep]
-    if targets.min() == targets.max():
-        return float("nan"), float("nan")
-    return (
-        float(roc_auc_score(targets, scores, sample_weight=weights)),
-        float(average_precision_score(targets, scores, sample_weight=weights)),
-    )
-
-
-def metric_table(probabilities: np.ndarray, targets: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """``(2, 15)``: per-label ROC-AUC (row 0) and AUPRC (row 1); NaN for a label with one class."""
-    return np.array([_label_metrics(targets[:, i], probabilities[:, i], weights) for i in range(len(LABELS))]).T
+def metric_table(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """``(2, 15)``: per-label ROC-AUC (row 0) and AUPRC (row 1) from :func:`cxr_vit.metrics.label_scores`."""
+    scores = label_scores(probabilities, targets)
+    return np.stack([scores.auc, scores.auprc])
 
 
 def macro_auc(auc: np.ndarray, findings: np.ndarray = FINDING_IDS) -> np.ndarray:
@@ -264,11 +239,14 @@ def evaluate_model(
     batch_size: int = 64,
     device: str | None = None,
     num_workers: int = 0,
+    precision: str = "auto",
 ) -> Evaluation:
-    """Predict both splits, choose thresholds on ``validation``, report on ``evaluated``."""
-    val_probabilities, val_targets = predict_split(model, validation, batch_size, device, num_workers, "validation")
+    """Predict both splits (:class:`cxr_vit.inference.Classifier`), choose thresholds on ``validation``, report on
+    ``evaluated``."""
+    classifier = Classifier(model, device=device, precision=precision)
+    val_probabilities, val_targets = classifier.predict_dataset(validation, batch_size, num_workers, "validation")
     thresholds = choose_thresholds(val_probabilities, val_targets)
-    probabilities, targets = predict_split(model, evaluated, batch_size, device, num_workers, "evaluate")
+    probabilities, targets = classifier.predict_dataset(evaluated, batch_size, num_workers, "evaluate")
     boot = bootstrap_report(probabilities, targets, evaluated["patient_id"], n_bootstrap, seed, confidence)
     points = operating_points(probabilities, targets, thresholds)
     labels = {}
@@ -288,6 +266,7 @@ def evaluate_model(
         "labels": labels,
         "thresholds": thresholds,
         "threshold_rule": THRESHOLD_RULE,
+        "precision": "bf16 autocast, fp32 head" if classifier.dtype == torch.bfloat16 else "fp32",
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
     }
     return Evaluation(report, probabilities, targets, thresholds)
@@ -357,9 +336,13 @@ def report_markdown(report: dict) -> str:
         f"- Thresholds: {report['threshold_rule']} (`{report.get('validation_split', 'validation')}`, "
         f"{report['num_validation_images']} images); a label is positive when its probability is >= its "
         "threshold. Sensitivity, specificity, PPV and F1 are measured on the evaluated split.",
-        "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives).",
+        "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives); "
+        "a label without an AUC is left out of the macro average.",
+        f"- Inference: timm's eval transform of the model, {report.get('precision', 'fp32')}.",
         "",
     ]
+    if report.get("thresholds_file"):
+        lines += [f"Thresholds written to `{report['thresholds_file']}`.", ""]
     if report.get("thresholds_saved_to"):
         lines += [f"Thresholds stored in `{report['thresholds_saved_to']}` (key `{THRESHOLDS_KEY}`).", ""]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ heatmap pixel lines up with the pixel it explains.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 import numpy as np
@@ -77,17 +77,6 @@ def _cam(tokens: torch.Tensor, gradients: torch.Tensor, num_prefix: int, size: S
     span = cam.amax(dim=(1, 2), keepdim=True) - low
     # A flat map (no positive evidence anywhere) stays all zero instead of dividing by zero.
     return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam)).clamp(0.0, 1.0)
-
-
-def input_view(transform: Callable, image: Image.Image) -> Image.Image:
-    """The image as the model sees it: the eval transform's PIL steps (resize, crop), before tensor/normalise."""
-    view = image
-    for step in getattr(transform, "transforms", []):
-        candidate = step(view)
-        if not isinstance(candidate, Image.Image):
-            break
-        view = candidate
-    return view
 
 
 def overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> Image.Image:

@@ -215,7 +215,7 @@ def push_dataset(
         repo_id=repo_id,
         folder_path=prepared_dir,
         repo_type="dataset",
-        allow_patterns=["README.md", "data/*.parquet"],
+        allow_patterns=["README.md", "prepare.json", "data/*.parquet"],
         delete_patterns=["data/*.parquet"],  # a re-push with other shards must not leave stale ones
         commit_message=commit_message,
     )

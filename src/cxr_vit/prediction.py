@@ -1,12 +1,15 @@
 """Inference on image files: find and decode X-rays, predict the 15 probabilities, apply stored thresholds.
 
-A ``Predictor`` wraps a saved cxr-vit model (folder or Hub id) with its eval transform and the per-label
-thresholds that ``scripts/evaluate.py`` stored in ``config.json``; without them it uses 0.5 and says so.
-Files that cannot be decoded are reported by name and skipped, never a crash halfway through a folder.
+A ``Predictor`` wraps a saved cxr-vit model (folder or Hub id) in the one inference path
+(:class:`cxr_vit.inference.Classifier`: the same preprocessing and precision as the Trainer's evaluation and the
+evaluation report) with per-label thresholds: a ``thresholds.json`` written by ``scripts/evaluate.py``, or the ones
+``evaluate.py --save_thresholds`` stored in ``config.json``; without either it uses 0.5 and says so. Files that
+cannot be decoded are reported by name and skipped, never a crash halfway through a folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,9 +25,9 @@ from transformers import AutoModelForImageClassification, TimmWrapperForImageCla
 
 from .constants import FINDINGS, LABEL2ID, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .data.images import load_xray
-from .data.transforms import create_eval_transform, to_rgb
-from .heatmaps import grad_cam, heatmap_panel, input_view
-from .modeling import data_config
+from .data.transforms import model_view
+from .heatmaps import grad_cam, heatmap_panel
+from .inference import Classifier
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +105,19 @@ def load_thresholds(config) -> tuple[np.ndarray, str]:
     return values, f"thresholds from config.json: {info.get('rule', 'stored per-label thresholds')}"
 
 
+def load_thresholds_file(path: str | os.PathLike) -> tuple[np.ndarray, str]:
+    """(thresholds in canonical order, where they came from) from a ``thresholds.json`` of scripts/evaluate.py."""
+    try:
+        content = json.loads(Path(path).read_text())
+        stored = content["thresholds"]
+        values = np.array([float(stored[label]) for label in LABELS])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ModelLoadError(
+            f"{path}: not a thresholds.json of scripts/evaluate.py with a number for each of the 15 labels ({err})"
+        ) from None
+    return values, f"thresholds from {path}: {content.get('rule', 'per-label thresholds')}"
+
+
 @dataclass
 class Prediction:
     """One image's result: probabilities in canonical order, labels at or above their threshold."""
@@ -113,47 +129,59 @@ class Prediction:
 
 
 class Predictor:
-    """A model, its eval transform and thresholds: images in, probabilities, positives and heatmaps out."""
+    """A model in the one inference path, with its thresholds: images in, probabilities, positives, heatmaps out.
 
-    def __init__(self, model: TimmWrapperForImageClassification, device: str | torch.device | None = None):
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
-        self.transform = create_eval_transform(data_config(model))
-        self.thresholds, self.thresholds_source = load_thresholds(model.config)
+    Args:
+        model: a loaded cxr-vit model (:func:`load_model`).
+        device / precision: see :class:`cxr_vit.inference.Classifier`.
+        thresholds_file: a ``thresholds.json`` of scripts/evaluate.py; default: the thresholds stored in the
+            model's config.json, else 0.5 for every label.
+    """
+
+    def __init__(
+        self,
+        model: TimmWrapperForImageClassification,
+        device: str | torch.device | None = None,
+        precision: str = "auto",
+        thresholds_file: str | os.PathLike | None = None,
+    ):
+        self.classifier = Classifier(model, device=device, precision=precision)
+        self.model, self.device = self.classifier.model, self.classifier.device
+        if thresholds_file is not None:
+            self.thresholds, self.thresholds_source = load_thresholds_file(thresholds_file)
+        else:
+            self.thresholds, self.thresholds_source = load_thresholds(model.config)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | None = None) -> Predictor:
-        return cls(load_model(name_or_path), device=device)
-
-    def pixel_values(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        return torch.stack([self.transform(to_rgb(image)) for image in images]).to(self.device)
-
-    @torch.no_grad()
-    def probabilities(self, pixel_values: torch.Tensor) -> np.ndarray:
-        return torch.sigmoid(self.model(pixel_values=pixel_values).logits.float()).cpu().numpy()
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        device: str | None = None,
+        precision: str = "auto",
+        thresholds_file: str | os.PathLike | None = None,
+    ) -> Predictor:
+        return cls(load_model(name_or_path), device=device, precision=precision, thresholds_file=thresholds_file)
 
     def positives(self, probabilities: np.ndarray) -> list[str]:
         return [label for label, p, t in zip(LABELS, probabilities, self.thresholds, strict=True) if p >= t]
 
-    def heatmaps(
-        self, images: Sequence[Image.Image], pixel_values: torch.Tensor, probabilities: np.ndarray, top_k: int = 3
-    ) -> list[Image.Image]:
+    def heatmaps(self, squares: torch.Tensor, probabilities: np.ndarray, top_k: int = 3) -> list[Image.Image]:
         """Per image, a panel: the input view and Grad-CAM overlays of its ``top_k`` most probable findings."""
         finding_ids = np.array([LABEL2ID[label] for label in FINDINGS])  # "No Finding" has nowhere to look
         order = finding_ids[np.argsort(-probabilities[:, finding_ids], axis=1, kind="stable")[:, :top_k]]
-        maps = grad_cam(self.model, pixel_values, torch.as_tensor(order)).cpu().numpy()
+        maps = grad_cam(self.model, self.classifier.inputs(squares), torch.as_tensor(order)).cpu().numpy()
         panels = []
-        for image, ranks, image_maps, probs in zip(images, order, maps, probabilities, strict=True):
+        for square, ranks, image_maps, probs in zip(squares.numpy(), order, maps, probabilities, strict=True):
             captions = [f"{LABELS[i]} {probs[i]:.2f}" for i in ranks]
-            view = input_view(self.transform, to_rgb(image))
+            view = model_view(square, self.classifier.geometry)
             panels.append(heatmap_panel(view, list(zip(captions, image_maps, strict=True))))
         return panels
 
     def predict(self, images: Sequence[Image.Image], heatmap_top_k: int = 0) -> list[Prediction]:
         """Predictions for decoded images (``path`` left empty); heatmap panels when ``heatmap_top_k`` > 0."""
-        pixel_values = self.pixel_values(images)
-        probabilities = self.probabilities(pixel_values)
-        panels = self.heatmaps(images, pixel_values, probabilities, heatmap_top_k) if heatmap_top_k > 0 else None
+        squares = self.classifier.squares(images)
+        probabilities = self.classifier.probabilities(squares)
+        panels = self.heatmaps(squares, probabilities, heatmap_top_k) if heatmap_top_k > 0 else None
         return [
             Prediction("", probs, self.positives(probs), panels[i] if panels else None)
             for i, probs in enumerate(probabilities)

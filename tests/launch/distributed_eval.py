@@ -9,7 +9,8 @@ import sys
 import datasets
 from transformers import AutoModelForImageClassification, TrainingArguments
 
-from cxr_vit.data.transforms import ImageTransform, collate_fn, create_eval_transform
+from cxr_vit.data.gpu_augment import BatchImageTransform
+from cxr_vit.data.transforms import ModelImages, collate_images, eval_geometry
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import data_config
 from cxr_vit.training import MultiLabelTrainer
@@ -24,7 +25,7 @@ def counting_metrics(eval_prediction):
 def main(model_dir: str, dataset_dir: str, output: str) -> None:
     model = AutoModelForImageClassification.from_pretrained(model_dir)
     split = datasets.load_dataset(dataset_dir)["validation"]
-    split = split.with_transform(ImageTransform(create_eval_transform(data_config(model))))
+    split = split.with_transform(ModelImages(eval_geometry(data_config(model))))
     args = TrainingArguments(
         output_dir=output + ".run",
         per_device_eval_batch_size=16,
@@ -32,7 +33,13 @@ def main(model_dir: str, dataset_dir: str, output: str) -> None:
         use_cpu=True,
         remove_unused_columns=False,
     )
-    trainer = MultiLabelTrainer(model=model, args=args, data_collator=collate_fn, compute_metrics=counting_metrics)
+    trainer = MultiLabelTrainer(
+        model=model,
+        args=args,
+        data_collator=collate_images,
+        compute_metrics=counting_metrics,
+        batch_transform=BatchImageTransform(data_config(model)),
+    )
     metrics = trainer.evaluate(split)
     if trainer.is_world_process_zero():
         metrics["world_size"] = args.world_size

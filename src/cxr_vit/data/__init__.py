@@ -5,9 +5,13 @@ from .nih import NIHDataError, read_labels_csv
 from .prepare import (
     PrepareArguments,
     PrepareReport,
+    StalePreparedDataError,
     build_dataset,
     check_prepared_features,
+    describe_missing_positives,
     ensure_prepared,
+    labels_without_positives,
+    positive_counts,
     prepare_dataset,
 )
 from .splits import patient_wise_split
@@ -18,11 +22,15 @@ __all__ = [
     "NIHDataError",
     "PrepareArguments",
     "PrepareReport",
+    "StalePreparedDataError",
     "build_dataset",
     "check_prepared_features",
+    "describe_missing_positives",
     "ensure_prepared",
+    "labels_without_positives",
     "nih_features",
     "patient_wise_split",
+    "positive_counts",
     "prepare_dataset",
     "read_labels_csv",
 ]

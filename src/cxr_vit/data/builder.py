@@ -23,6 +23,7 @@ from .nih import NIHDataError, index_images, multi_hot_matrix, read_image_list, 
 from .splits import patient_wise_split
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+DEFAULT_SPLIT_SEED = 42
 
 _DESCRIPTION = (
     "NIH ChestX-ray14: frontal chest X-rays with 14 text-mined finding labels plus 'No Finding', "
@@ -65,7 +66,8 @@ class NIHChestXray14Config(datasets.BuilderConfig):
         train_val_list / test_list: the official split lists (``full`` config only); when given, the test
             split is exactly ``test_list`` and validation is carved patient-wise out of ``train_val_list``.
         validation_fraction / test_fraction: patient-wise split fractions of images.
-        seed: seed of the split; the same seed gives the same split.
+        split_seed: seed of the patient-wise split; the same seed and input give the same split. It is not the
+            training seed: a seed study trains on one split.
         image_size: shrink each image once so its shorter side is this many pixels (``None`` keeps it).
         on_bad_image: ``error`` stops at the first missing or unreadable image; ``skip`` leaves such images
             out (the prepare step counts and reports them).
@@ -77,7 +79,7 @@ class NIHChestXray14Config(datasets.BuilderConfig):
     test_list: str | None = None
     validation_fraction: float = 0.1
     test_fraction: float = 0.1
-    seed: int = 42
+    split_seed: int = DEFAULT_SPLIT_SEED
     image_size: int | None = None
     on_bad_image: str = "error"
 
@@ -153,12 +155,12 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
                 frame["patient_id"].to_numpy()[rest],
                 labels[rest],
                 {"train": 1.0 - validation, "validation": validation},
-                seed=config.seed,
+                seed=config.split_seed,
             )
             return splits
         train = 1.0 - config.validation_fraction - config.test_fraction
         fractions = {"train": train, "validation": config.validation_fraction, "test": config.test_fraction}
-        return patient_wise_split(frame["patient_id"].to_numpy(), labels, fractions, seed=config.seed)
+        return patient_wise_split(frame["patient_id"].to_numpy(), labels, fractions, seed=config.split_seed)
 
     def _generate_examples(self, records):
         for record in records:

@@ -3,16 +3,17 @@
 Training at thousands of images/s cannot afford a PNG decode per image per epoch (about 2.3 ms for a 256 px
 PNG, so ~430 images/s per core), so each split is decoded once into a folder holding
 
-    images.npy   N x S x S grayscale uint8 (S = 248 for ViT-B/16 at 224: 60 KB an image, 345 MB for 5,606)
+    images.npy   N x S x S grayscale uint8: :func:`cxr_vit.data.transforms.resize_for_model` of each image
+                 (S = 248 for ViT-B/16 at 224: 60 KB an image, 345 MB for 5,606)
     labels.npy   N x 15 float32 multi-hot labels
-    meta.json    what the cache was built from (dataset fingerprint, ids digest, S); a mismatch rebuilds it
+    meta.json    what the cache was built from; any difference rebuilds it
 
 Readers open the arrays with ``mmap_mode="r"``: pages live once in the OS page cache and are shared by all
 DataLoader workers, so no worker holds its own copy of the dataset.
 
-S is timm's eval resize size, ``floor(input_size / crop_pct)``, and images are resized to it with PIL
-bicubic exactly as timm's eval transform resizes, so the device-side eval path is a plain center crop that
-reproduces timm's eval inputs (see :mod:`cxr_vit.data.gpu_augment`).
+The key in meta.json covers everything that decides the cached pixels: the dataset (its fingerprint and digests of
+its ids and labels), the eval resize side, the interpolation and the crop, and the preprocessing's version. A cache
+is derived data, so a stale one is rebuilt (saying why), never read.
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import math
 import os
 import shutil
 from collections.abc import Callable, Sequence
@@ -32,33 +32,22 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .images import to_grayscale_uint8
+from .transforms import EvalGeometry, resize_for_model
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT_VERSION = 1
+# Bumped whenever the preprocessing or the file layout changes, so older caches are rebuilt.
+CACHE_FORMAT_VERSION = 2
 IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
-DEFAULT_CROP_PCT = 0.875  # timm's default when a pretrained_cfg has none
 CACHE_ROOT_ENV = "CXR_VIT_CACHE"
 
 
-def cache_image_size(data_config: dict[str, Any]) -> int:
-    """Side of the cached images: the size timm's eval transform resizes to before its center crop."""
-    height, width = data_config["input_size"][-2:]
-    if height != width:
-        raise ValueError(f"the image cache needs a square model input, got {height}x{width}: --input_pipeline datasets")
-    crop_mode = data_config.get("crop_mode") or "center"
-    if crop_mode != "center":
-        raise ValueError(
-            f"the image cache reproduces timm's 'center' eval crop, not {crop_mode!r}: use --input_pipeline datasets"
-        )
-    return math.floor(height / (data_config.get("crop_pct") or DEFAULT_CROP_PCT))
-
-
-def default_cache_dir(dataset_name: str, split: str, image_size: int, root: str | os.PathLike | None = None) -> Path:
-    """``<prepared folder>/cache/<split>-<S>px`` for a local folder; for a Hub dataset id, the same under
+def default_cache_dir(
+    dataset_name: str, split: str, geometry: EvalGeometry, root: str | os.PathLike | None = None
+) -> Path:
+    """``<prepared folder>/cache/<split>-<S>px-<interpolation>`` for a local folder; for a Hub dataset id, under
     ``$CXR_VIT_CACHE/<id>`` (default ``$HF_HOME/cxr_vit/<id>``, beside the Hub's own caches).
 
     Inside the prepared folder the cache is git-ignored with it and never uploaded (``push_dataset`` sends
@@ -72,20 +61,7 @@ def default_cache_dir(dataset_name: str, split: str, image_size: int, root: str 
 
             base = Path(os.environ.get(CACHE_ROOT_ENV) or Path(constants.HF_HOME) / "cxr_vit").expanduser()
             root = base / dataset_name.replace("/", "--")
-    return Path(root) / f"{split}-{image_size}px"
-
-
-def square_uint8(image: Image.Image, size: int) -> np.ndarray:
-    """Grayscale, center square crop, PIL bicubic resize to ``size`` x ``size`` (timm's eval resize)."""
-    gray = to_grayscale_uint8(image)
-    width, height = gray.size
-    if width != height:
-        side = min(width, height)
-        left, top = int(round((width - side) / 2.0)), int(round((height - side) / 2.0))
-        gray = gray.crop((left, top, left + side, top + side))
-    if gray.size != (size, size):
-        gray = gray.resize((size, size), Image.Resampling.BICUBIC)
-    return np.asarray(gray, dtype=np.uint8)
+    return Path(root) / f"{split}-{geometry.resize_size}px-{geometry.interpolation}"
 
 
 def read_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
@@ -97,7 +73,7 @@ def write_cache(
     directory: str | os.PathLike,
     read_images: Callable[[int, int], Sequence[Image.Image | bytes]],
     labels: np.ndarray,
-    image_size: int,
+    geometry: EvalGeometry,
     key: dict[str, Any] | None = None,
     num_threads: int | None = None,
     chunk_size: int = 64,
@@ -116,9 +92,9 @@ def write_cache(
     staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    _decode_all(staging / IMAGES_FILE, read_images, len(labels), image_size, num_threads, chunk_size)
+    _decode_all(staging / IMAGES_FILE, read_images, len(labels), geometry, num_threads, chunk_size)
     np.save(staging / LABELS_FILE, labels)
-    meta = {"format_version": CACHE_FORMAT_VERSION, "num_rows": len(labels), "image_size": image_size, **(key or {})}
+    meta = {"format_version": CACHE_FORMAT_VERSION, "num_rows": len(labels), **geometry.key(), **(key or {})}
     (staging / META_FILE).write_text(json.dumps(meta, indent=1))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(staging, directory)
@@ -129,16 +105,17 @@ def _decode_all(
     path: Path,
     read_images: Callable[[int, int], Sequence[Image.Image | bytes]],
     count: int,
-    image_size: int,
+    geometry: EvalGeometry,
     num_threads: int | None,
     chunk_size: int,
 ) -> None:
-    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, image_size, image_size))
+    side = geometry.resize_size
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(count, side, side))
 
     def decode_into(start: int, chunk: Sequence[Image.Image | bytes]) -> None:
         for offset, item in enumerate(chunk):
             image = Image.open(io.BytesIO(item)) if isinstance(item, bytes) else item
-            array[start + offset] = square_uint8(image, image_size)
+            array[start + offset] = resize_for_model(image, geometry)
 
     threads = num_threads or min(8, os.cpu_count() or 1)
     pending: list[Future] = []
@@ -152,8 +129,8 @@ def _decode_all(
     array.flush()
 
 
-def dataset_key(dataset, image_size: int) -> dict[str, Any]:
-    """What identifies a ``datasets.Dataset``'s cache: its fingerprint plus digests of ids and labels.
+def dataset_key(dataset, geometry: EvalGeometry) -> dict[str, Any]:
+    """What identifies a ``datasets.Dataset``'s cache: the geometry, its fingerprint, digests of ids and labels.
 
     The fingerprint follows the prepared Parquet files and every ``select``; the digests (two small columns)
     also catch a dataset whose fingerprint is random or reused, e.g. one built in memory.
@@ -163,7 +140,7 @@ def dataset_key(dataset, image_size: int) -> dict[str, Any]:
     return {
         "format_version": CACHE_FORMAT_VERSION,
         "num_rows": len(dataset),
-        "image_size": image_size,
+        **geometry.key(),
         "fingerprint": getattr(dataset, "_fingerprint", None),
         "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest(),
         "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest(),
@@ -173,7 +150,7 @@ def dataset_key(dataset, image_size: int) -> dict[str, Any]:
 def ensure_cache(
     dataset,
     directory: str | os.PathLike,
-    image_size: int,
+    geometry: EvalGeometry,
     num_threads: int | None = None,
 ) -> Path:
     """The cache of ``dataset`` (a ``datasets.Dataset`` with ``image`` and ``labels``) in ``directory``.
@@ -183,15 +160,20 @@ def ensure_cache(
     """
     import datasets  # only here: the cache readers and the benchmark's GPU side do not need `datasets`
 
-    key = dataset_key(dataset, image_size)
+    key = dataset_key(dataset, geometry)
     directory = Path(directory)
-    if read_meta(directory) == key and (directory / IMAGES_FILE).is_file():
+    meta = read_meta(directory)
+    if meta == key and (directory / IMAGES_FILE).is_file():
         logger.info("using the image cache %s", directory)
         return directory
-    logger.info("building the image cache %s (%d images at %d px)", directory, len(dataset), image_size)
+    if meta is not None:
+        changed = sorted(name for name in set(key) | set(meta) if key.get(name) != meta.get(name))
+        logger.warning("rebuilding the image cache %s: it was built from other data or settings (%s)", directory,
+                       ", ".join(changed))  # fmt: skip
+    logger.info("building the image cache %s (%d images at %d px)", directory, len(dataset), geometry.resize_size)
     raw = dataset.cast_column("image", datasets.Image(decode=False))
 
     def read_images(start: int, stop: int) -> list[bytes]:
         return [cell["bytes"] or Path(cell["path"]).read_bytes() for cell in raw[start:stop]["image"]]
 
-    return write_cache(directory, read_images, np.asarray(dataset["labels"]), image_size, key, num_threads)
+    return write_cache(directory, read_images, np.asarray(dataset["labels"]), geometry, key, num_threads)

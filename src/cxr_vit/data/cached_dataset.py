@@ -2,7 +2,7 @@
 
 A ``DataLoader`` with ``batch_size=B`` hands a dataset that has ``__getitems__`` the batch's B indices in one
 call, so one sorted fancy index into the memory map replaces B Python-level ``__getitem__`` calls and a
-collate: on an H200 that took the input path from 2,885 to 3,159 images/s (FIELD_NOTES). Sorting turns the
+collate: on an H200 that took the input path from 2,885 to 3,159 images/s. Sorting turns the
 random batch into a forward sweep over the file; the order inside a batch does not matter to SGD.
 
 Batches hold uint8 pixels (4x less to pin and copy than float32); :mod:`cxr_vit.data.gpu_augment` turns
@@ -35,7 +35,7 @@ class CachedImageDataset(Dataset):
         if meta is None:
             raise FileNotFoundError(f"no image cache in {self.directory} (build it with cxr_vit.data.cache)")
         self.num_rows = int(meta["num_rows"])
-        self.image_size = int(meta["image_size"])
+        self.image_size = int(meta["resize_size"])
         self._images: np.ndarray | None = None
         self._labels: np.ndarray | None = None
 

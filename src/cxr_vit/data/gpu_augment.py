@@ -1,14 +1,13 @@
-"""Batch-wise image transforms on the training device: uint8 cache batches in, normalised model inputs out.
+"""Batch-wise image transforms on the training device: uint8 squares in, normalised model inputs out.
 
-Per-image PIL augmentation costs milliseconds of CPU per image; the same geometry as one ``affine_grid`` +
-``grid_sample`` over the whole batch runs at ~182,000 images/s on an H200 (FIELD_NOTES), so the GPU is
-never waiting for it. Train and eval mirror the PIL transforms of :mod:`cxr_vit.data.transforms`:
+Both input pipelines hand the device the same ``S x S`` uint8 squares (:mod:`cxr_vit.data.transforms`), so one
+definition here serves training and evaluation on both. Per-image PIL augmentation costs milliseconds of CPU per
+image; the same geometry as one ``affine_grid`` + ``grid_sample`` over the whole batch keeps a GPU fed.
 
-- train: random resized crop (area 75-100%, aspect 0.9-1.1), rotation up to 10 degrees, 5% shifts, black
-  fill, no flip; composed into one affine map per image and sampled once, so there is a single resampling.
-- eval: timm's eval transform (resize to ``floor(size / crop_pct)``, center crop). A cache built at that
-  size (:func:`cxr_vit.data.cache.cache_image_size`) makes it an exact crop; other sizes are resized with
-  antialiased bicubic first, which matches PIL to within a grey level or two.
+- train: random resized crop (area 75-100%, aspect 0.9-1.1), rotation up to 10 degrees, 5% shifts, black fill,
+  no flip (anatomy is not left-right symmetric); composed into one affine map per image and sampled once, so
+  there is a single resampling.
+- eval: the centre ``input_size`` crop of the square, which completes timm's eval transform exactly.
 
 Both end with grayscale -> 3 channels and the model's mean/std, computed as ``ToTensor`` + ``Normalize`` do.
 """
@@ -21,7 +20,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from .cache import cache_image_size
+from .transforms import crop_offset, eval_geometry
 
 # Images per grid_sample call on a CPU: the grid and samples of 8 images at 224 px (~5 MB) stay in cache;
 # one call for a 64-image batch runs at about half the images/s.
@@ -72,11 +71,10 @@ class BatchImageTransform:
         translate: float = 0.05,
         interpolation: str = "bilinear",
     ):
-        height, width = data_config["input_size"][-2:]
-        if height != width:
-            raise ValueError(f"BatchImageTransform needs a square model input, got {height}x{width}")
-        self.size = int(height)
-        self.scale_size = cache_image_size(data_config)  # timm's eval resize size
+        geometry = eval_geometry(data_config)
+        self.crop_offset = crop_offset(geometry)
+        self.size = geometry.input_size
+        self.scale_size = geometry.resize_size  # the side of the uint8 squares it is given
         self.mean = torch.tensor(data_config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.scale, self.ratio, self.degrees, self.translate = scale, ratio, degrees, translate
@@ -125,16 +123,15 @@ class BatchImageTransform:
         return crop_affine_theta(center, extent, angle, shift)
 
     def eval_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """timm's eval transform: resize to ``scale_size`` (skipped when the cache has it), center crop."""
+        """The centre ``size`` crop of each square, normalised: the last steps of timm's eval transform."""
         pixels = _as_bchw(images)
         if pixels.shape[-2:] != (self.scale_size, self.scale_size):
-            resized = F.interpolate(
-                pixels.float(), size=(self.scale_size, self.scale_size), mode="bicubic", antialias=True
+            raise ValueError(
+                f"expected {self.scale_size}x{self.scale_size} squares from cxr_vit.data.transforms.resize_for_model, "
+                f"got {tuple(pixels.shape[-2:])}: was the image cache built for another model size?"
             )
-            pixels = resized.round_().clamp_(0, 255)  # PIL resizes in uint8
-        top = int(round((pixels.shape[-2] - self.size) / 2.0))  # torchvision's CenterCrop offsets
-        left = int(round((pixels.shape[-1] - self.size) / 2.0))
-        crop = pixels[..., top : top + self.size, left : left + self.size]
+        offset = self.crop_offset
+        crop = pixels[..., offset : offset + self.size, offset : offset + self.size]
         return self.normalize(crop.float().div(255))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,9 @@
 
 The folder has the layout ``push_to_hub`` writes (``data/<split>-0000N-of-0000M.parquet`` plus a
 ``README.md`` whose YAML holds ``dataset_info`` and ``configs``), so the same folder can be uploaded as is
-and every feature (Image, the ClassLabel names, the fixed-length label list) survives the round trip.
+and every feature (Image, the ClassLabel names, the fixed-length label list) survives the round trip. Beside
+them, ``prepare.json`` records what the folder was made from (:mod:`cxr_vit.data.provenance`): a folder is
+reused only when that record matches the inputs and settings given now.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,8 +25,9 @@ from huggingface_hub import DatasetCardData
 
 from ..cards import render_card
 from ..constants import LABELS, SPLITS
-from .builder import NIHChestXray14
+from .builder import DEFAULT_SPLIT_SEED, NIHChestXray14
 from .nih import NIHDataError, index_images, read_labels_csv
+from .provenance import PREPARE_RECORD, prepare_record, read_record, record_differences, write_record
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +46,10 @@ class PrepareArguments:
         default=None,
         metadata={"help": "Shrink once so the shorter side is this many px (e.g. 256 for 224 training)."},
     )
-    seed: int = field(default=42, metadata={"help": "Seed of the patient-wise split."})
+    split_seed: int = field(
+        default=DEFAULT_SPLIT_SEED,
+        metadata={"help": "Seed of the patient-wise split (independent of any training seed)."},
+    )
     validation_fraction: float = field(default=0.1, metadata={"help": "Fraction of images for validation."})
     test_fraction: float = field(default=0.1, metadata={"help": "Fraction of images for test."})
     train_val_list: str | None = field(default=None, metadata={"help": "Official train_val_list.txt (full)."})
@@ -56,11 +63,20 @@ class PrepareArguments:
     hub_dataset_id: str | None = field(default=None, metadata={"help": "namespace/name of that dataset repo."})
     private: bool = field(default=False, metadata={"help": "Create the dataset repo as private."})
     hub_token: str | None = field(default=None, metadata={"help": "Hub token (default: HF_TOKEN / login)."})
+    overwrite_prepared: bool = field(
+        default=False,
+        metadata={"help": "Rebuild output_dir when it was prepared from other files or settings (else: an error)."},
+    )
 
     def build_kwargs(self) -> dict:
         """The options of :func:`build_dataset` (not the paths, not the Hub options)."""
         not_build = {"images_dir", "labels_csv", "output_dir", "push_to_hub", "hub_dataset_id", "private", "hub_token"}
+        not_build.add("overwrite_prepared")
         return {key: value for key, value in vars(self).items() if key not in not_build}
+
+
+class StalePreparedDataError(NIHDataError):
+    """A prepared folder exists but was made from other inputs or settings; the message says what differs."""
 
 
 @dataclass
@@ -72,6 +88,9 @@ class PrepareReport:
     skipped: list[str] = field(default_factory=list)
     # Images in the folder that the CSV does not list: ignored (a subset CSV is normal), but counted.
     num_unlisted: int = 0
+    # Labels with no positive image in some split: {label: {split: positives}}. Their AUC is undefined there.
+    labels_without_positives: dict[str, dict[str, int]] = field(default_factory=dict)
+    reused: bool = False
 
     @property
     def num_skipped(self) -> int:
@@ -83,7 +102,7 @@ def build_dataset(
     labels_csv: str | os.PathLike,
     config: str = "sample",
     image_size: int | None = None,
-    seed: int = 42,
+    split_seed: int = DEFAULT_SPLIT_SEED,
     validation_fraction: float = 0.1,
     test_fraction: float = 0.1,
     on_bad_image: str = "error",
@@ -99,7 +118,7 @@ def build_dataset(
         images_dir=str(images_dir),
         labels_csv=str(labels_csv),
         image_size=image_size,
-        seed=seed,
+        split_seed=split_seed,
         validation_fraction=validation_fraction,
         test_fraction=test_fraction,
         on_bad_image=on_bad_image,
@@ -122,13 +141,36 @@ def build_dataset(
         split_rows={split: dataset[split].num_rows for split in SPLITS},
         skipped=sorted(set(listed) - kept),
         num_unlisted=len(set(index_images(images_dir)) - set(listed)),
+        labels_without_positives=labels_without_positives(positive_counts(dataset)),
     )
     return dataset, report
 
 
+def positive_counts(splits) -> dict[str, np.ndarray]:
+    """Positive images per label (canonical order) of each split of a ``DatasetDict`` / dict of splits."""
+    return {name: np.asarray(split["labels"]).reshape(-1, len(LABELS)).sum(axis=0) for name, split in splits.items()}
+
+
+def labels_without_positives(counts: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """``{label: {split: positives, ...}}`` for each label that has no positive image in at least one split."""
+    return {
+        label: {split: int(values[index]) for split, values in counts.items()}
+        for index, label in enumerate(LABELS)
+        if any(values[index] == 0 for values in counts.values())
+    }
+
+
+def describe_missing_positives(missing: dict[str, dict[str, int]]) -> str:
+    """One line naming each label without positives somewhere, with its positives per split."""
+    return "; ".join(
+        f"{label} ({', '.join(f'{split} {count}' for split, count in counts.items())})"
+        for label, counts in missing.items()
+    )
+
+
 def label_count_table(dataset: datasets.DatasetDict) -> str:
     """Markdown table: positive images per label (canonical order) and split."""
-    counts = {split: np.asarray(dataset[split]["labels"]).reshape(-1, len(LABELS)).sum(0) for split in SPLITS}
+    counts = positive_counts({split: dataset[split] for split in SPLITS})
     header = "| label | " + " | ".join(SPLITS) + " |\n|---|" + "---:|" * len(SPLITS)
     rows = [
         f"| {label} | " + " | ".join(str(int(counts[s][i])) for s in SPLITS) + " |" for i, label in enumerate(LABELS)
@@ -177,6 +219,7 @@ def write_prepared(
         num_skipped=report.num_skipped,
         skipped_examples=report.skipped[:20],
         num_unlisted=report.num_unlisted,
+        labels_without_positives=report.labels_without_positives,
         **card_values,
     )
     card.save(output_dir / "README.md")
@@ -189,23 +232,44 @@ def prepare_dataset(
     output_dir: str | os.PathLike,
     **build_kwargs,
 ) -> PrepareReport:
-    """Build, then write ``output_dir`` (load it with ``datasets.load_dataset(output_dir)``).
+    """Build, then write ``output_dir`` (load it with ``datasets.load_dataset(output_dir)``) and its record.
 
     The builder's Arrow cache lives in a temporary folder, so nothing but ``output_dir`` is left on disk.
     """
+    record = _record_for(images_dir, labels_csv, build_kwargs)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_build_") as cache_dir:
         dataset, report = build_dataset(images_dir, labels_csv, cache_dir=cache_dir, **build_kwargs)
         card_values = {
             "config": build_kwargs.get("config", "sample"),
-            "seed": build_kwargs.get("seed", 42),
+            "split_seed": build_kwargs.get("split_seed", DEFAULT_SPLIT_SEED),
             "image_size": build_kwargs.get("image_size"),
             "on_bad_image": build_kwargs.get("on_bad_image", "error"),
             "official_lists": bool(build_kwargs.get("test_list")),
             "labels_csv_name": Path(labels_csv).name,
         }
         write_prepared(dataset, output_dir, report, card_values)
+    write_record(output_dir, {**record, "splits": report.split_rows, "skipped": report.num_skipped})
     logger.info("wrote %s: %s, %d skipped", output_dir, report.split_rows, report.num_skipped)
+    if report.labels_without_positives:
+        logger.warning(
+            "no positive image in some split for: %s", describe_missing_positives(report.labels_without_positives)
+        )
     return report
+
+
+def _record_for(images_dir, labels_csv, build_kwargs: dict) -> dict:
+    parameters = {
+        "config": "sample",
+        "image_size": None,
+        "split_seed": DEFAULT_SPLIT_SEED,
+        "validation_fraction": 0.1,
+        "test_fraction": 0.1,
+        "on_bad_image": "error",
+        **build_kwargs,
+    }
+    return prepare_record(
+        images_dir, labels_csv, parameters, build_kwargs.get("train_val_list"), build_kwargs.get("test_list")
+    )
 
 
 def check_prepared_features(dataset: datasets.Dataset, name: str) -> None:
@@ -222,11 +286,39 @@ def check_prepared_features(dataset: datasets.Dataset, name: str) -> None:
 
 
 def ensure_prepared(
-    output_dir: str | os.PathLike, images_dir: str | os.PathLike, labels_csv: str | os.PathLike, **build_kwargs
-) -> None:
-    """Prepare ``output_dir`` from the NIH files unless a prepared dataset (its README.md) is already there."""
-    if (Path(output_dir) / "README.md").is_file():
-        logger.info("using the prepared dataset in %s", output_dir)
-        return
+    output_dir: str | os.PathLike,
+    images_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    overwrite: bool = False,
+    **build_kwargs,
+) -> PrepareReport | None:
+    """Prepare ``output_dir`` from the NIH files, or reuse it if it was prepared from exactly these.
+
+    Reused (returns None) when its ``prepare.json`` matches the inputs and settings given now. A folder made from
+    anything else raises :class:`StalePreparedDataError` saying what differs, unless ``overwrite``, which
+    rebuilds it (its image caches too). Returns the report of a new preparation.
+    """
+    output_dir = Path(output_dir)
+    if (output_dir / "README.md").is_file() or (output_dir / PREPARE_RECORD).is_file():
+        recorded = read_record(output_dir)
+        current = _record_for(images_dir, labels_csv, build_kwargs)
+        if recorded is None:
+            differences = [f"it has no {PREPARE_RECORD} (made by an older cxr-vit or by hand)"]
+        else:
+            differences = record_differences(recorded, current)
+        if not differences:
+            logger.info("using the prepared dataset in %s (same inputs and settings)", output_dir)
+            return None
+        if not overwrite:
+            raise StalePreparedDataError(
+                f"{output_dir} was prepared from other inputs or settings: {'; '.join(differences)}. Use a new "
+                "folder, or pass --overwrite_prepared to rebuild it."
+            )
+        logger.warning("rebuilding %s (--overwrite_prepared): %s", output_dir, "; ".join(differences))
+        for stale in (output_dir / "cache", output_dir / PREPARE_RECORD, output_dir / "README.md"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
     logger.info("preparing %s from %s and %s", output_dir, images_dir, labels_csv)
-    prepare_dataset(images_dir, labels_csv, output_dir, **build_kwargs)
+    return prepare_dataset(images_dir, labels_csv, output_dir, **build_kwargs)

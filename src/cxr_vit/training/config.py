@@ -5,6 +5,7 @@ Precedence: command-line flags > ``--config file.yaml`` > the defaults below.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from dataclasses import asdict, dataclass, field
@@ -14,8 +15,12 @@ import torch
 import yaml
 from transformers import HfArgumentParser, TrainingArguments
 
+from ..data.prepare import DEFAULT_SPLIT_SEED
+from ..inference import native_bf16
 from ..modeling import ModelArguments
 from .throughput import DEFAULT_SKIP_STEPS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -44,6 +49,14 @@ class DataArguments:
     )
     labels_csv: str | None = field(default=None, metadata={"help": "NIH label CSV for that preparation."})
     prepare_image_size: int | None = field(default=None, metadata={"help": "--image_size of that preparation."})
+    split_seed: int = field(
+        default=DEFAULT_SPLIT_SEED,
+        metadata={"help": "Seed of that preparation's patient-wise split; independent of --seed (the training seed)."},
+    )
+    overwrite_prepared: bool = field(
+        default=False,
+        metadata={"help": "Rebuild dataset_name when it was prepared from other files or settings (else: an error)."},
+    )
     image_cache_dir: str | None = field(
         default=None,
         metadata={
@@ -132,6 +145,12 @@ class CXRTrainingArguments(TrainingArguments):
         train_drop_last: drop the last, short training batch of each epoch; ``None`` = with ``torch_compile``
             (a short batch would make torch.compile build the model again, in the middle of training).
         throughput_skip_steps: steps before ``train_steady_images_per_second`` starts timing (compile, start-up).
+        train_metrics: log ``epoch_auc_macro``, the macro AUC over each epoch's (augmented) training batches, for
+            the training curves; off by default (it keeps every training prediction until the epoch ends).
+
+    A plain ``python scripts/train.py`` on a machine with several GPUs trains with torch's DataParallel: one
+    process, ``per_device_train_batch_size`` on each GPU. The default learning rate is scaled to that real
+    global batch; ``accelerate launch --multi_gpu`` is the faster way to use several GPUs.
     """
 
     output_dir: str = field(default="outputs/cxr-vit", metadata={"help": "Where checkpoints and results go."})
@@ -200,6 +219,10 @@ class CXRTrainingArguments(TrainingArguments):
             "with --torch_compile, so the compiled model never meets a new batch shape mid-training."
         },
     )
+    train_metrics: bool = field(
+        default=False,
+        metadata={"help": "Log the macro AUC of each epoch's training batches (epoch_auc_macro) for the curves."},
+    )
     throughput_skip_steps: int = field(
         default=DEFAULT_SKIP_STEPS,
         metadata={"help": "Steps not timed in train_steady_images_per_second (compile, worker start)."},
@@ -209,7 +232,7 @@ class CXRTrainingArguments(TrainingArguments):
         on_gpu = not self.use_cpu and torch.cuda.is_available()
         if self.bf16 is None:
             # native bf16 (Ampere and newer): older GPUs only emulate it, slower than fp32
-            self.bf16 = bool(on_gpu and torch.cuda.get_device_capability()[0] >= 8)
+            self.bf16 = bool(on_gpu and native_bf16("cuda"))
         if not on_gpu:
             self.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per DataLoader
         if self.train_drop_last is None:
@@ -230,17 +253,25 @@ class CXRTrainingArguments(TrainingArguments):
             raise ValueError("--early_stopping_patience needs --load_best_model_at_end true")
         if self.throughput_skip_steps < 1:
             raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
-        if self.learning_rate is None:
+        scale_learning_rate = self.learning_rate is None
+        if scale_learning_rate:
+            self.learning_rate = self.lr_base  # a placeholder until the devices (and so the global batch) are known
+        super().__post_init__()
+        if scale_learning_rate:
             self.learning_rate = scaled_learning_rate(
                 self.lr_base, self.lr_base_batch_size, self.global_train_batch_size, self.lr_base_scale
             )
-        super().__post_init__()
+        if self.n_gpu > 1:
+            logger.warning(
+                "%d GPUs in one process: torch DataParallel, global batch %d. `accelerate launch --multi_gpu "
+                "--num_processes %d scripts/train.py ...` trains faster.",
+                self.n_gpu, self.global_train_batch_size, self.n_gpu,
+            )  # fmt: skip
 
     @property
     def global_train_batch_size(self) -> int:
-        """Images per optimizer step over all processes (``WORLD_SIZE`` is set by accelerate launch / torchrun)."""
-        world_size = int(os.environ.get("WORLD_SIZE", "1"))
-        return self.per_device_train_batch_size * self.gradient_accumulation_steps * world_size
+        """Images per optimizer step: per device x GPUs of this process (DataParallel) x accumulation x processes."""
+        return self.train_batch_size * self.gradient_accumulation_steps * self.world_size
 
 
 ARGUMENT_CLASSES = (ModelArguments, DataArguments, CXRTrainingArguments)

@@ -7,9 +7,8 @@ the rate of the training steps themselves, so :class:`ThroughputMeter` times tho
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 from transformers import TrainerCallback
@@ -18,14 +17,16 @@ DEFAULT_SKIP_STEPS = 10
 
 
 class ThroughputMeter(TrainerCallback):
-    """Training images/s from the end of step ``skip_steps`` to the last step, with the spans the trainer marks
-    :meth:`excluded` (evaluation, checkpointing, the epoch-end train-metrics pass) left out.
+    """Training images/s from the end of step ``skip_steps`` to the last step, with every pause left out.
 
-    ``skip_steps`` leaves out ``torch.compile``'s first steps and the DataLoader's start-up. The clock is
-    read at the window's edges, at epoch ends and around each excluded span, synchronising CUDA there only:
-    never per step, which would itself slow the loop down. Images are counted by the trainer (:meth:`count`),
-    so a short last batch counts what it holds. The window's end moves to every epoch end and to the final
-    step, so a run stopped early (early stopping) ends at its last completed epoch.
+    A pause starts at a step end that the Trainer follows with a log, an evaluation or a checkpoint, and at every
+    epoch end (evaluation, checkpoint, the epoch's metrics, the DataLoader's restart), and lasts until the next
+    step begins. ``skip_steps`` leaves out ``torch.compile``'s first steps and the DataLoader's start-up. The
+    clock is read at the window's edges and at pauses only, synchronising CUDA there: never per step, which
+    would itself slow the loop down.
+
+    Images are counted from the training DataLoader: a full optimizer step holds the global batch (all processes,
+    all accumulated micro-batches), the last step of an epoch what is left of the epoch's images.
     """
 
     def __init__(self, skip_steps: int = DEFAULT_SKIP_STEPS):
@@ -39,8 +40,10 @@ class ThroughputMeter(TrainerCallback):
         self.start: float | None = None
         self.images = 0
         self.excluded_seconds = 0.0
+        self.paused_at: float | None = None
         self.mark: tuple[float, int, float] | None = None  # (time, images, excluded seconds) at the window's end
         self._device: torch.device | None = None
+        self.step_images, self.epoch_images, self.steps_per_epoch = 0, 0, 1
 
     @property
     def running(self) -> bool:
@@ -51,40 +54,52 @@ class ThroughputMeter(TrainerCallback):
             torch.cuda.synchronize(self._device)  # the GPU work queued so far belongs before this instant
         return time.perf_counter()
 
-    def count(self, images: int) -> None:
-        """Add one step's images (all processes together); the trainer calls this every training step."""
-        if self.running:
-            self.images += images
+    def images_in_step(self, global_step: int) -> int:
+        """Images of optimizer step ``global_step`` (1-based): the global batch, less at an epoch's end."""
+        position = (global_step - 1) % self.steps_per_epoch + 1
+        if position < self.steps_per_epoch:
+            return self.step_images
+        return self.epoch_images - (self.steps_per_epoch - 1) * self.step_images
 
-    @contextmanager
-    def excluded(self) -> Iterator[None]:
-        """Leave the time spent inside (evaluation, checkpointing, metrics) out of the measured window."""
-        if not self.running:
-            yield
-            return
-        begin = self._now()
-        try:
-            yield
-        finally:
-            self.excluded_seconds += self._now() - begin
-
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
         self._reset(first_step=state.global_step)  # a resumed run measures its own steps
         self._device = args.device
+        if train_dataloader is None:
+            return
+        batches = len(train_dataloader)
+        batch_images = getattr(train_dataloader, "total_batch_size", None) or train_dataloader.batch_size
+        dataset_images = getattr(train_dataloader, "total_dataset_length", None) or len(train_dataloader.dataset)
+        accumulation = args.gradient_accumulation_steps
+        self.step_images = batch_images * accumulation
+        self.steps_per_epoch = max(1, math.ceil(batches / accumulation))
+        # A dropped last batch leaves batches x batch; otherwise the epoch is every image once.
+        self.epoch_images = min(dataset_images, batches * batch_images)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.paused_at is not None:
+            self.excluded_seconds += self._now() - self.paused_at
+            self.paused_at = None
 
     def on_step_end(self, args, state, control, **kwargs):
         steps_done = state.global_step - self.first_step
-        if steps_done == self.skip_steps:
+        if self.running:
+            self.images += self.images_in_step(state.global_step)
+        elif steps_done == self.skip_steps:
             self.start = self._now()
-        elif self.running and state.global_step >= state.max_steps:
-            self._set_mark()
+        if self.running and (control.should_log or control.should_evaluate or control.should_save):
+            self._pause()
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        if self.running and state.global_step - self.first_step > self.skip_steps:
-            self._set_mark()
+        self._pause()
 
-    def _set_mark(self) -> None:
-        self.mark = (self._now(), self.images, self.excluded_seconds)
+    def on_train_end(self, args, state, control, **kwargs):
+        self._pause()
+
+    def _pause(self) -> None:
+        if not self.running or self.paused_at is not None:
+            return
+        self.paused_at = self._now()
+        self.mark = (self.paused_at, self.images, self.excluded_seconds)
 
     def metrics(self) -> dict[str, float]:
         """``train_steady_images_per_second`` and what it was measured over; empty if the run was too short."""

@@ -1,0 +1,103 @@
+"""What a prepared dataset folder was made from, so that a changed input is never trained on silently.
+
+``prepare.json`` in the folder records the preparation's parameters (config, image size, split fractions, split
+seed, bad-image policy) and a fingerprint of its inputs: the SHA-256 of the label CSV and of the official split
+lists, and a digest of the image files used (each listed file's name and size in bytes). A folder is reused only
+when all of it matches what would be prepared now.
+
+Paths are recorded for information but not compared: moving or copying the same files is not a change. Image
+contents are fingerprinted by name and size, not hashed: hashing 42 GB of PNGs at every start would cost minutes.
+An image rewritten in place at the very same byte size goes unnoticed; re-prepare after such an edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .nih import index_images, read_labels_csv
+
+PREPARE_RECORD = "prepare.json"
+RECORD_VERSION = 1
+# The settings that change a prepared folder's content (num_proc does not).
+RECORDED_PARAMETERS = ("config", "image_size", "split_seed", "validation_fraction", "test_fraction", "on_bad_image")
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def images_fingerprint(images_dir: str | os.PathLike, names: list[str]) -> dict[str, Any]:
+    """Count and digest (name and byte size of each file) of the listed images that exist under ``images_dir``."""
+    index = index_images(images_dir)
+    lines = [f"{name}\t{index[name].stat().st_size}" for name in sorted(names) if name in index]
+    return {"count": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
+
+
+def _file_entry(path: str | os.PathLike | None) -> dict[str, str] | None:
+    return None if path is None else {"path": str(path), "sha256": file_sha256(path)}
+
+
+def prepare_record(
+    images_dir: str | os.PathLike,
+    labels_csv: str | os.PathLike,
+    parameters: dict[str, Any],
+    train_val_list: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The record of a preparation from these inputs with these parameters (see the module docstring)."""
+    names = read_labels_csv(labels_csv)["image_id"].tolist()
+    return {
+        "version": RECORD_VERSION,
+        "parameters": {name: parameters.get(name) for name in RECORDED_PARAMETERS},
+        "inputs": {
+            "labels_csv": _file_entry(labels_csv),
+            "train_val_list": _file_entry(train_val_list),
+            "test_list": _file_entry(test_list),
+            "images": {"path": str(images_dir), **images_fingerprint(images_dir, names)},
+        },
+    }
+
+
+def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    path = Path(folder) / PREPARE_RECORD
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def write_record(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
+    path = Path(folder) / PREPARE_RECORD
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def _short(entry: dict | None) -> str:
+    return "none" if entry is None else f"{Path(entry['path']).name} sha256 {entry['sha256'][:12]}"
+
+
+def record_differences(recorded: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """What differs between two records, one short phrase each (empty: the same preparation)."""
+    if recorded.get("version") != current.get("version"):
+        return [f"record version {recorded.get('version')} -> {current.get('version')}"]
+    differences = []
+    for name in RECORDED_PARAMETERS:
+        before, after = recorded["parameters"].get(name), current["parameters"].get(name)
+        if before != after:
+            differences.append(f"{name} {before} -> {after}")
+    for name in ("labels_csv", "train_val_list", "test_list"):
+        before, after = recorded["inputs"].get(name), current["inputs"].get(name)
+        if (before or {}).get("sha256") != (after or {}).get("sha256"):
+            differences.append(f"{name} content ({_short(before)} -> {_short(after)})")
+    before, after = recorded["inputs"]["images"], current["inputs"]["images"]
+    if (before["count"], before["sha256"]) != (after["count"], after["sha256"]):
+        differences.append(
+            f"image files ({before['count']} -> {after['count']} files, names/sizes digest "
+            f"{before['sha256'][:12]} -> {after['sha256'][:12]})"
+        )
+    return differences

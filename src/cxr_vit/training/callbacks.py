@@ -1,0 +1,102 @@
+"""Training-loop watchers as Trainer callbacks: the non-finite-loss stop and the opt-in train metrics.
+
+Both keep their per-step work on the device and read it on the host only at the moments the Trainer would block
+anyway (a log, an evaluation, a checkpoint, an epoch end), so a training step never waits on the GPU.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from transformers import TrainerCallback
+
+from ..metrics import multilabel_metrics
+
+# A non-finite loss is looked for on the host every this many steps, and always before a log, an evaluation
+# or a checkpoint: reading it every step would block the host on the GPU once per step.
+NONFINITE_CHECK_STEPS = 25
+
+
+class NonFiniteLossWatch(TrainerCallback):
+    """Stops training with :class:`FloatingPointError` at the first NaN or infinite training loss.
+
+    The trainer hands it every step's loss (:meth:`observe`); the first bad step is recorded on the device and
+    read every ``check_every`` steps and before each log, evaluation and checkpoint, so no model from that step
+    on is ever logged, evaluated or saved.
+
+    Args:
+        gather: ``accelerator.gather``: every process reads all processes' flags at the same steps, so all of
+            them stop together (one stopping alone would leave the others waiting in the next all-reduce).
+    """
+
+    def __init__(self, gather: Callable[[torch.Tensor], torch.Tensor], check_every: int = NONFINITE_CHECK_STEPS):
+        self.gather = gather
+        self.check_every = check_every
+        self.first_bad_step: torch.Tensor | None = None  # on the device; 0 while every loss is finite
+
+    def observe(self, loss: torch.Tensor, step: int) -> None:
+        """Record, on the device, ``step`` if ``loss`` is not finite and no earlier step was."""
+        if self.first_bad_step is None:
+            self.first_bad_step = torch.zeros((), dtype=torch.long, device=loss.device)
+        first_bad_here = ~torch.isfinite(loss) & (self.first_bad_step == 0)
+        self.first_bad_step = torch.where(first_bad_here, step, self.first_bad_step)
+
+    def check(self, state) -> None:
+        if self.first_bad_step is None:
+            return
+        per_process = self.gather(self.first_bad_step.reshape(1))
+        bad_steps = per_process[per_process > 0]
+        if len(bad_steps) == 0:
+            return
+        raise FloatingPointError(
+            f"non-finite training loss at step {int(bad_steps.min())} (now at step {state.global_step}, epoch "
+            f"{state.epoch or 0:.2f}); training stopped before that model was logged, evaluated or saved. "
+            "Lower --learning_rate, check the inputs, or resume from the last checkpoint."
+        )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_evaluate or control.should_save:
+            self.check(state)
+        elif state.global_step % self.check_every == 0:
+            self.check(state)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.check(state)
+
+
+class TrainMetrics(TrainerCallback):
+    """``epoch_auc_macro``: the 14-finding macro AUC over each epoch's (augmented) training batches.
+
+    Off by default (``--train_metrics``). Predictions stay on the device during the epoch and are gathered from
+    all processes once, at the epoch's end: no collective per step. With several processes the few images a
+    distributed sampler repeats to even out the last batch are counted twice, which a training-curve AUC
+    tolerates. The result waits in :meth:`pop_pending` for the trainer's next training log (the epoch's loss
+    log), so it lands in the log history, TensorBoard and the training curves beside the loss. (Logging it
+    here, on its own, would make the Trainer skip that epoch's loss log.)
+
+    Args:
+        gather: ``accelerator.gather``.
+    """
+
+    def __init__(self, gather: Callable):
+        self.gather = gather
+        self.probabilities: list[torch.Tensor] = []
+        self.labels: list[torch.Tensor] = []
+        self.pending: dict[str, float] = {}
+
+    def update(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        self.probabilities.append(torch.sigmoid(logits.detach().float()))
+        self.labels.append(labels.detach())
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if not self.probabilities:
+            return
+        probabilities, labels = self.gather((torch.cat(self.probabilities), torch.cat(self.labels)))
+        self.probabilities, self.labels = [], []
+        metrics = multilabel_metrics(probabilities.float().cpu().numpy(), labels.float().cpu().numpy())
+        self.pending = {"epoch_auc_macro": metrics["auc_macro"], "epoch_train_images": len(labels)}
+
+    def pop_pending(self) -> dict[str, float]:
+        pending, self.pending = self.pending, {}
+        return pending
