@@ -28,7 +28,8 @@ from cxr_vit.data.images import (
     to_grayscale_uint8,
     xray_size,
 )
-from cxr_vit.prediction import UnreadableImageError, read_image
+from cxr_vit.data.nih import index_images
+from cxr_vit.prediction import UnreadableImageError, find_images, read_image
 
 TEST_DATA = Path(__file__).resolve().parent / "data"
 XRAY = TEST_DATA / "00000011_000.png"
@@ -238,3 +239,20 @@ def test_dicom_larger_than_pillows_bomb_limit_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(DicomReadError, match="256x256 pixels exceeds the 2000 pixel limit"):
         read_xray(path)
+
+
+def test_index_and_find_pick_up_dicom_by_extension_and_content(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    (folder / "a.png").write_bytes(XRAY.read_bytes())
+    write_dicom(folder / "b.dcm", G12)
+    write_dicom(folder / "c.DICOM", G12)
+    write_dicom(folder / "nested" / "IM0001", G12)
+    write_dicom(folder / "nested" / "1.2.3.4.5", G12)
+    (folder / "notes.txt").write_text("not an image")
+    (folder / "README").write_text("no extension and not DICOM")
+    expected = ["1.2.3.4.5", "IM0001", "a.png", "b.dcm", "c.DICOM"]
+    assert sorted(index_images(folder)) == expected
+    assert sorted(path.name for path in find_images([folder])) == expected
+    for path in find_images([folder]):
+        assert max_difference(read_image(path)) <= 1
