@@ -198,6 +198,10 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
             "JPEG Lossless, Non-Hierarchical, First-Order Prediction (Process 14 [Selection Value 1]) "
             "(1.2.840.10008.1.2.4.70) and no decoder for it is installed",
         ),
+        "JPEG-LS, no decoder": (
+            write_dicom(folder / "jpegls.dcm", G12, transfer_syntax=uid.JPEGLSLossless),
+            "JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) and no decoder for it is installed",
+        ),
         "truncated in header": (folder / "cut_header", "ends before its Pixel Data"),
         "truncated in pixels": (folder / "cut_pixels.dcm", "truncated"),
         ".dcm without DICOM header": (folder / "notes.dcm", "no DICOM header"),
@@ -217,8 +221,11 @@ def _bad_files(folder: Path) -> dict[str, tuple[Path, str]]:
 
 def test_bad_files_raise_one_error_type_naming_the_file(tmp_path):
     lossless_available = get_decoder(uid.JPEGLosslessSV1).is_available
+    jpegls_available = get_decoder(uid.JPEGLSLossless).is_available
     for what, (path, phrase) in _bad_files(tmp_path).items():
-        if what == "JPEG Lossless, no decoder" and lossless_available:
+        if (what == "JPEG Lossless, no decoder" and lossless_available) or (
+            what == "JPEG-LS, no decoder" and jpegls_available
+        ):
             continue  # a decoder is installed here: nothing to refuse
         with pytest.raises(XrayReadError) as caught:
             read_xray(path)

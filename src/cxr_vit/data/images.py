@@ -5,25 +5,31 @@ Supported inputs, each exercised by ``tests/test_xray_io.py``:
 ==============================================  =================================================================
 Input                                           How it becomes 8-bit grayscale
 ==============================================  =================================================================
-8-bit PNG/JPEG/TIFF/BMP, modes L, LA, P, RGB,   unchanged if ``L``, else Pillow's ``convert("L")``
-RGBA
+8-bit PNG (L, LA, P), TIFF (L), BMP (RGB),      unchanged if ``L``, else Pillow's ``convert("L")``
+JPEG (RGB)
 16-bit grayscale PNG with ``sBIT`` (e.g. 12)    scaled from the declared ``0..2**sBIT - 1``; values above it are
                                                 PNG-spec scaled-up samples and are scaled from 0..65535
 12-bit TIFF (BitsPerSample 12)                  scaled from ``0..4095``
-16-bit PNG/TIFF, no declared depth              every value a multiple of 257 (8-bit data widened by bit
+16-bit grayscale PNG, no declared depth         every value a multiple of 257 (8-bit data widened by bit
                                                 replication, as Pillow/libpng/ImageMagick do): ``value / 257``;
                                                 every value within 0..255: taken as is; otherwise the percentile
                                                 window ``PERCENTILE_WINDOW`` (0.5th..99.5th) stretched to 0..255
-DICOM Part 10 (``DICM`` at byte 128, any or no  single frame, MONOCHROME1/2, 8-16 bits stored, unsigned or signed;
-file name), transfer syntaxes Explicit/Implicit Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence),
-VR Little Endian, Explicit VR Big Endian,       then VOI LUT Sequence, else Window Center/Width (LINEAR,
-Deflated, RLE Lossless (pydicom),               LINEAR_EXACT, SIGMOID), else the range Bits Stored declares
-JPEG Baseline and JPEG 2000 Lossless (Pillow)   (through the modality rescale); then MONOCHROME1 inversion
+DICOM Part 10 (``DICM`` at byte 128; named      one frame, MONOCHROME1/2, Bits Stored 8 or 12, unsigned or
+``.dcm``, ``.dicom``, by UID or without         signed; Modality LUT (Rescale Slope/Intercept or Modality LUT
+extension), DX or CR; transfer syntaxes         Sequence), then VOI LUT Sequence, else the first Window
+Explicit/Implicit VR Little Endian, Explicit    Center/Width (LINEAR, LINEAR_EXACT, SIGMOID), else the range Bits
+VR Big Endian, Deflated, RLE Lossless           Stored declares (through the rescale); then MONOCHROME1 inversion
+(pydicom), JPEG Baseline and JPEG 2000
+lossless/lossy (Pillow)
 ==============================================  =================================================================
 
 Rejected with :class:`XrayReadError`, naming the file and what is wrong: missing, empty, truncated or non-image
 files, and DICOM files that are multi-frame, colour, hold no image (e.g. a structured report), or are compressed
 with a syntax whose decoder is not installed (JPEG Lossless and JPEG-LS need ``pylibjpeg-libjpeg`` or ``gdcm``).
+Other compressed syntaxes are attempted whenever pydicom reports a decoder for them, but are untested here.
+
+Not handled: 16-bit RGB or grey+alpha PNGs (Pillow keeps only their high byte), the Presentation LUT Shape, and
+any window but the first.
 """
 
 from __future__ import annotations
