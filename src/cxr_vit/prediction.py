@@ -24,19 +24,19 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
 
 from .constants import FINDINGS, LABEL2ID, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
-from .data.images import load_xray
+from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
 from .heatmaps import grad_cam, heatmap_panel
 from .inference import Classifier
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the demo's upload types; find_images takes every is_xray_file
 DEFAULT_THRESHOLD = 0.5
 
 
 class UnreadableImageError(ValueError):
-    """A file that is not a decodable PNG/JPEG image; the message names the file."""
+    """A file that is not a decodable X-ray (PNG/JPEG/TIFF/BMP/DICOM); the message names the file."""
 
 
 class ModelLoadError(ValueError):
@@ -44,14 +44,15 @@ class ModelLoadError(ValueError):
 
 
 def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files given directly, plus every PNG/JPEG under given folders (recursive, sorted).
+    """Files given directly, plus every X-ray file under given folders (recursive, sorted): PNG/JPEG/TIFF/BMP/DICOM
+    by extension and DICOM by content, so UID-named and extensionless PACS exports are found.
 
     Raises ``FileNotFoundError`` naming a path that does not exist: a typo must not look like an empty folder.
     """
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(sorted(p for p in path.rglob("*") if p.is_file() and is_xray_file(p)))
         elif path.is_file():
             found.append(path)
         else:
@@ -60,11 +61,11 @@ def find_images(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
-    """Decode any PNG/JPEG flavour (grayscale, RGB, RGBA, 16-bit) to 8-bit grayscale, or raise naming the file."""
+    """Decode any X-ray file (8/16-bit PNG, JPEG, TIFF, BMP, DICOM) to 8-bit grayscale, or raise naming the file."""
     try:
         return load_xray(path)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UnreadableImageError(f"{path}: not a readable PNG/JPEG image ({err})") from err
+    except XrayReadError as err:
+        raise UnreadableImageError(str(err)) from err
 
 
 def load_model(name_or_path: str | os.PathLike) -> TimmWrapperForImageClassification:

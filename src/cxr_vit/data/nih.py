@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import LABEL2ID, LABELS, NUM_LABELS
+from .images import XRAY_SUFFIXES, is_xray_file
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "Image Index",
@@ -30,7 +31,7 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "Patient Gender",
     "View Position",
 )
-IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+IMAGE_EXTENSIONS: tuple[str, ...] = XRAY_SUFFIXES  # plus DICOM files recognised by content, whatever their name
 # Sample-format ages carry a unit: Y(ears), M(onths), W(eeks), D(ays); the full release has plain integers.
 _AGE_PATTERN = re.compile(r"^(\d+(?:\.0+)?)\s*([YMWD]?)$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"": 365.0, "Y": 365.0, "M": 365.0 / 12, "W": 7.0, "D": 1.0}
@@ -148,8 +149,9 @@ def read_labels_csv(path: str | os.PathLike) -> pd.DataFrame:
 def index_images(images_dir: str | os.PathLike) -> dict[str, Path]:
     """Map file name -> path for every image below ``images_dir``.
 
-    Handles both the flat Kaggle layout and the full release's ``images_001/images/...`` subfolders. Symbolic
-    links that lead outside the folder are not followed, so nothing outside ``images_dir`` is ever read.
+    Handles both the flat Kaggle layout and the full release's ``images_001/images/...`` subfolders. Images are
+    PNG/JPEG/TIFF/BMP/DICOM by extension, and DICOM by content (PACS exports named by UID or without extension).
+    Symbolic links that lead outside the folder are not followed, so nothing outside ``images_dir`` is ever read.
     """
     root = Path(images_dir)
     if not root.is_dir():
@@ -159,11 +161,9 @@ def index_images(images_dir: str | os.PathLike) -> dict[str, Path]:
     duplicates = []
     for dirpath, _dirnames, filenames in os.walk(root):
         for name in filenames:
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
             path = Path(dirpath) / name
-            if not path.resolve().is_relative_to(resolved_root):
-                continue
+            if not path.resolve().is_relative_to(resolved_root) or not is_xray_file(path):
+                continue  # checked in this order: a file outside the folder is not even opened
             if name in index:
                 duplicates.append(f"{name}: {index[name]} and {path}")
             index[name] = path
