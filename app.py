@@ -1,4 +1,4 @@
-"""Gradio demo: upload a chest X-ray, see the 15 NIH label probabilities, the positives and Grad-CAM heatmaps.
+"""Gradio demo: upload a chest X-ray (PNG, JPEG, TIFF or DICOM), see the 15 label probabilities, positives, Grad-CAM.
 
     python app.py --model outputs/quickstart            # http://127.0.0.1:7860
     CXR_VIT_MODEL=you/cxr-vit-base python app.py        # a Hugging Face Space: set the variable, keep app.py
@@ -19,7 +19,8 @@ import gradio as gr
 from PIL import Image
 
 from cxr_vit.constants import LABELS
-from cxr_vit.prediction import IMAGE_SUFFIXES, ModelLoadError, Predictor, UnreadableImageError, read_image
+from cxr_vit.data.images import XrayReadError, xray_size
+from cxr_vit.prediction import ModelLoadError, Predictor, UnreadableImageError, read_image
 
 MODEL_ENV = "CXR_VIT_MODEL"
 MAX_FILE_MB = 25  # a 16-bit 3000x3000 DICOM export is ~18 MB; a real NIH PNG is under 1 MB
@@ -36,22 +37,22 @@ CSS = "#notice { background: #fff4e5; border: 1px solid #f0a020; border-radius: 
 def analyse(predictor: Predictor, path: str | None) -> tuple[dict[str, float], str, Image.Image]:
     """One upload -> (label probabilities, positives as Markdown, heatmap panel); gr.Error for bad uploads."""
     if not path:
-        raise gr.Error("Upload a chest X-ray (PNG or JPEG).")
+        raise gr.Error("Upload a chest X-ray (PNG, JPEG, TIFF or DICOM).")
     name = Path(path).name
     size_mb = os.path.getsize(path) / 1024**2
     if size_mb > MAX_FILE_MB:
         raise gr.Error(f"{name} is {size_mb:.0f} MB: the limit is {MAX_FILE_MB} MB.")
     try:
-        with Image.open(path) as header:  # reads the header only: reject huge images before decoding them
-            width, height = header.size
-    except (OSError, ValueError, SyntaxError) as err:
-        raise gr.Error(f"{name} is not an image this demo can read: upload a PNG or JPEG chest X-ray.") from err
+        width, height = xray_size(path)  # the header only: reject huge images before decoding them
+    except XrayReadError as err:
+        raise gr.Error(f"{name} is not an image this demo can read: upload a PNG, JPEG, TIFF or DICOM X-ray.") from err
     if width * height > MAX_PIXELS:
         raise gr.Error(f"{name} is {width}x{height} pixels: the limit is {MAX_PIXELS // 1_000_000} megapixels.")
     try:
         image = read_image(path)
     except UnreadableImageError as err:
-        raise gr.Error(f"{name} could not be decoded (broken or truncated file): upload a PNG or JPEG.") from err
+        reason = str(err).split(": ", 1)[-1]  # the reader's reason, without the server's temporary path
+        raise gr.Error(f"{name} could not be decoded ({reason}).") from err
     prediction = predictor.predict([image], heatmap_top_k=HEATMAP_TOP_K)[0]
     probabilities = {label: float(p) for label, p in zip(LABELS, prediction.probabilities, strict=True)}
     return probabilities, positives_markdown(predictor, probabilities), prediction.heatmap
@@ -76,8 +77,8 @@ def build_demo(predictor: Predictor, model_name: str) -> gr.Blocks:
         with gr.Row():
             with gr.Column(scale=1):
                 upload = gr.File(
-                    label="Chest X-ray (PNG or JPEG; grayscale, RGB or 16-bit)",
-                    file_types=list(IMAGE_SUFFIXES),
+                    # Any file: DICOM is recognised by content, and PACS exports are often named by UID.
+                    label="Chest X-ray (PNG, JPEG, TIFF or DICOM; 8-, 12- or 16-bit)",
                     type="filepath",
                     elem_id="upload",
                 )

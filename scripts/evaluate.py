@@ -17,9 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-import datasets
-
-from cxr_vit.data import check_prepared_features
+from cxr_vit.data import DEFAULT_SPLIT_SEED, check_prepared_features, load_chestxray14
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     THRESHOLDS_FILE,
@@ -34,12 +32,9 @@ from cxr_vit.inference import PRECISIONS
 from cxr_vit.prediction import ModelLoadError, load_model
 
 
-def load_splits(name: str, config: str | None, split: str, validation_split: str) -> tuple:
+def load_splits(name: str, config: str | None, split: str, validation_split: str, split_seed: int) -> tuple:
     """The evaluated and validation splits, or a ValueError that names the dataset and what is missing."""
-    try:
-        dataset = datasets.load_dataset(name, config)
-    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetNotFoundError) as err:
-        raise ValueError(f"could not load the dataset {name!r}: {err}") from err
+    dataset = load_chestxray14(name, config, split_seed)
     for wanted in (split, validation_split):
         if wanted not in dataset:
             raise ValueError(f"{name} has no split {wanted!r} (it has {list(dataset)})")
@@ -56,6 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--split", default="test", help="The split to report on (default: test).")
     parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
+    parser.add_argument(
+        "--split_seed",
+        type=int,
+        default=DEFAULT_SPLIT_SEED,
+        help="For a dataset without validation/test splits: the seed they are carved with (as in train.py).",
+    )
     parser.add_argument("--output_dir", required=True, help="Where report.json/.md and the curves go.")
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="Patient resamples for the CIs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = load_model(args.model)
         evaluated, validation = load_splits(
-            args.dataset_name, args.dataset_config_name, args.split, args.validation_split
+            args.dataset_name, args.dataset_config_name, args.split, args.validation_split, args.split_seed
         )
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)

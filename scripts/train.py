@@ -27,6 +27,7 @@ from cxr_vit.data import (
     describe_missing_positives,
     ensure_prepared,
     labels_without_positives,
+    load_chestxray14,
     positive_counts,
 )
 from cxr_vit.data.cache import default_cache_dir, ensure_cache
@@ -61,20 +62,14 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
                 image_size=data_args.prepare_image_size,
                 split_seed=data_args.split_seed,
             )
-    try:
-        dataset = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
-    except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as err:
-        raise NIHDataError(
-            f"--dataset_name {data_args.dataset_name!r} is neither a prepared folder nor a reachable Hub dataset "
-            f"({err}). Prepare one with scripts/prepare_data.py, or pass --images_dir and --labels_csv."
-        ) from err
+    dataset = load_chestxray14(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
     wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
     splits = {}
     for role, name in wanted.items():
         if name is None:
             continue
         if name not in dataset:
-            raise ValueError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
+            raise NIHDataError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
         check_prepared_features(dataset[name], f"{data_args.dataset_name}[{name}]")
         limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
         splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]

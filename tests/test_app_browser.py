@@ -157,3 +157,19 @@ def test_demo_end_to_end_in_headless_chromium(model_dir, tmp_path):
             server.wait(timeout=20)
         except subprocess.TimeoutExpired:
             server.kill()
+
+
+def test_a_dicom_upload_is_analysed_like_its_png(predictor, tmp_path):
+    import numpy as np
+    from xray_files import to_bits, write_dicom
+
+    gray = np.asarray(Image.open(XRAY), dtype=np.int64)
+    dicom = write_dicom(tmp_path / "1.2.840.113619.2.55.3", 4095 - to_bits(gray, 12), photometric="MONOCHROME1")
+    from_png, _, _ = app.analyse(predictor, str(XRAY))
+    from_dicom, positives, heatmap = app.analyse(predictor, str(dicom))  # UID-named, no image extension
+    assert max(abs(from_png[label] - from_dicom[label]) for label in LABELS) < 1e-6
+    assert "**Effusion**" in positives and heatmap.size == (4 * 256, 256 + 32)
+    broken = tmp_path / "cut.dcm"
+    broken.write_bytes(dicom.read_bytes()[:2000])
+    with pytest.raises(gr.Error, match="cut.dcm could not be decoded"):
+        app.analyse(predictor, str(broken))

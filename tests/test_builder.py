@@ -146,3 +146,32 @@ def test_official_lists_fix_the_test_split(tmp_path, small_nih):
     assert sorted(dataset["test"]["image_id"]) == sorted(test_names)
     with pytest.raises(NIHDataError, match="use config 'full'"):
         build_dataset(images, csv, test_list=str(tmp_path / "test_list.txt"), cache_dir=tmp_path / "d")
+
+
+def test_a_folder_of_dicoms_prepares_like_the_pngs(tmp_path, small_nih):
+    """Hospital exports: 12-bit DICOMs (MONOCHROME1 for some, one without a file extension) named in the CSV."""
+    from xray_files import to_bits, write_dicom
+
+    images, csv = small_nih
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    dicoms = tmp_path / "dicoms"
+    dicoms.mkdir()
+    names = []
+    for index, name in enumerate(frame["Image Index"]):
+        gray = np.asarray(Image.open(images / name), dtype=np.int64)
+        new_name = name.removesuffix(".png") + ("" if index == 0 else ".dcm")
+        if index % 2:
+            write_dicom(dicoms / new_name, 4095 - to_bits(gray, 12), photometric="MONOCHROME1")
+        else:
+            write_dicom(dicoms / new_name, to_bits(gray, 12))
+        names.append(new_name)
+    frame["Image Index"] = names
+    frame.to_csv(tmp_path / "dicoms.csv", index=False)
+    from_png, _ = build_dataset(images, csv, cache_dir=tmp_path / "a")
+    from_dicom, report = build_dataset(dicoms, tmp_path / "dicoms.csv", cache_dir=tmp_path / "b")
+    assert report.num_skipped == 0
+    for split in from_png:
+        assert len(from_png[split]) == len(from_dicom[split])
+        for png_row, dicom_row in zip(from_png[split], from_dicom[split], strict=True):
+            assert dicom_row["image_id"].removesuffix(".dcm") == png_row["image_id"].removesuffix(".png")
+            assert np.array_equal(np.asarray(dicom_row["image"]), np.asarray(png_row["image"]))

@@ -134,3 +134,80 @@ def test_shuffled_labels_learn_nothing(tmp_path):
     aucs = split_aucs(prepare_and_train(tmp_path, "cache", shuffle_labels=True))
     macro = np.mean([aucs[label] for label in FINDINGS])
     assert 0.4 <= macro <= 0.6, aucs
+
+
+def test_training_learns_through_another_publishers_layout(tmp_path, monkeypatch):
+    """ChestX-ray14 as alkzar90/NIH-Chest-X-ray-dataset publishes it, served by the loopback Hub: labels as a
+    Sequence(ClassLabel) with "No Finding" first, train and test splits only, patients only in the file names.
+    train.py maps the labels by name, carves validation out of train by patient, and learns the planted signal."""
+    from hub_server import HubServer, point_hf_clients_at
+
+    from cxr_vit.constants import NO_FINDING
+    from cxr_vit.data import read_labels_csv
+
+    images, csv = write_planted_nih(MINI_IMAGES, MINI_KAGGLE_CSV, tmp_path / "planted")
+    frame = read_labels_csv(csv)
+    order = [NO_FINDING, *FINDINGS]
+    features = datasets.Features(
+        {"image": datasets.Image(), "labels": datasets.Sequence(datasets.ClassLabel(names=order))}
+    )
+    published = {}
+    for split, rows in (("train", frame[frame.patient_id % 5 != 0]), ("test", frame[frame.patient_id % 5 == 0])):
+        columns = {"image": [str(images / name) for name in rows.image_id],
+                   "labels": [[order.index(name) for name in names] for names in rows.findings]}  # fmt: skip
+        published[split] = datasets.Dataset.from_dict(columns, features=features)
+    with HubServer(tmp_path / "hub") as hub:
+        point_hf_clients_at(hub.endpoint, monkeypatch, token=hub.token, cache_dir=tmp_path / "hf-home")
+        datasets.DatasetDict(published).push_to_hub("test-user/nih-other-layout")
+        config = tmp_path / "recipe.yaml"
+        config.write_text(yaml.safe_dump(RECIPE))
+        output = tmp_path / "run"
+        run("scripts/train.py", "--config", str(config), "--dataset_name", "test-user/nih-other-layout",
+            "--output_dir", str(output))  # fmt: skip
+    aucs = split_aucs(output)
+    assert json.loads((output / "test_results.json").read_text())["test_samples"] == len(published["test"])
+    assert np.mean([aucs[label] for label in FINDINGS]) >= MACRO_FLOOR, aucs
+
+
+def test_dicom_and_12_bit_files_predict_as_their_8_bit_png(learned, tmp_path):
+    """The trained model on test films re-encoded as hospitals export them (12-bit DICOM: MONOCHROME2,
+    MONOCHROME1, rescale slope/intercept, a VOI window, one without a file extension; a 12-bit PNG in 16 bits)
+    predicts within 0.02 of the 8-bit PNG. The old rule (divide by 65,535) would not: its film comes out dark."""
+    from PIL import Image
+    from xray_files import to_bits, write_dicom, write_png16
+
+    from cxr_vit.inference import Classifier
+    from cxr_vit.prediction import load_model
+
+    test = datasets.load_dataset(str(learned.parent / "prepared"), split="test").select(range(8))
+    folder = tmp_path / "xrays"
+    folder.mkdir()
+    variants = {
+        "png8": lambda path, g: Image.fromarray(g.astype(np.uint8)).save(f"{path}.png"),
+        "mono2": lambda path, g: write_dicom(f"{path}.dcm", to_bits(g, 12)),
+        "mono1": lambda path, g: write_dicom(f"{path}.dcm", 4095 - to_bits(g, 12), photometric="MONOCHROME1"),
+        "rescale": lambda path, g: write_dicom(f"{path}.dcm", to_bits(g, 12), slope=2, intercept=-1024),
+        "window": lambda path, g: write_dicom(f"{path}.dcm", (1000 + 8 * g).astype(np.uint16), window=(2020.5, 2041)),
+        "noext": lambda path, g: write_dicom(path, to_bits(g, 12)),
+        "png16": lambda path, g: write_png16(f"{path}.png", to_bits(g, 12), significant_bits=12),
+    }
+    for name, image in zip(test["image_id"], test["image"], strict=True):
+        gray = np.asarray(image, dtype=np.int64)
+        for variant, write in variants.items():
+            write(str(folder / f"{variant}__{name.removesuffix('.png')}"), gray)
+    run("scripts/predict.py", "--model", str(learned), str(folder), "--output", str(tmp_path / "predictions.csv"))
+    frame = pd.read_csv(tmp_path / "predictions.csv")
+    frame["variant"] = [Path(path).name.split("__")[0] for path in frame["path"]]
+    frame["film"] = [Path(path).name.split("__")[1].split(".")[0] for path in frame["path"]]
+    table = frame.set_index(["variant", "film"])[list(LABELS)]
+    assert len(frame) == len(variants) * len(test)  # the extensionless DICOMs were found by content
+    reference = table.loc["png8"]
+    for variant in variants:
+        difference = np.abs(table.loc[variant].loc[reference.index].to_numpy() - reference.to_numpy()).max()
+        assert difference <= 0.02, (variant, difference)
+
+    divided = [
+        Image.fromarray(np.round(to_bits(np.asarray(i), 12) / 65535 * 255).astype(np.uint8)) for i in test["image"]
+    ]
+    old_rule = Classifier(load_model(learned), device="cpu").predict_images(divided)
+    assert np.abs(old_rule - reference.loc[[n.removesuffix(".png") for n in test["image_id"]]].to_numpy()).max() > 0.3

@@ -1,6 +1,6 @@
 """NIH ChestX-ray14 as a ``datasets`` dataset: CSV parsing, patient-wise splits, the builder, preparation."""
 
-from .builder import NIHChestXray14, NIHChestXray14Config, nih_features
+from .builder import DEFAULT_SPLIT_SEED, NIHChestXray14, NIHChestXray14Config, nih_features
 from .nih import NIHDataError, read_labels_csv
 from .prepare import (
     PrepareArguments,
@@ -14,9 +14,11 @@ from .prepare import (
     positive_counts,
     prepare_dataset,
 )
+from .schemas import canonical_splits, load_chestxray14
 from .splits import patient_wise_split
 
 __all__ = [
+    "DEFAULT_SPLIT_SEED",
     "NIHChestXray14",
     "NIHChestXray14Config",
     "NIHDataError",
@@ -24,10 +26,12 @@ __all__ = [
     "PrepareReport",
     "StalePreparedDataError",
     "build_dataset",
+    "canonical_splits",
     "check_prepared_features",
     "describe_missing_positives",
     "ensure_prepared",
     "labels_without_positives",
+    "load_chestxray14",
     "nih_features",
     "patient_wise_split",
     "positive_counts",
