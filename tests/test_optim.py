@@ -16,8 +16,9 @@ LR, WD, DECAY = 1e-3, 0.05, 0.5
 FAMILIES = {
     "vit": ("vit_tiny_patch16_224", 32, {"depth": 2}, 4),  # embeddings, block 0, block 1 (+ norm), head
     "deit": ("deit_tiny_patch16_224", 32, {"depth": 2}, 4),
-    "swin": ("swin_tiny_patch4_window7_224", 56, {"depths": (1, 1, 1, 1)}, 6),  # patch embed, 4 stages, head
-    "convnext": ("convnext_atto", None, {"depths": (1, 1, 1, 1)}, 6),  # stem, 4 stages, head
+    # Swin: patch embedding, 4 stages, head; ConvNeXt: stem, 4 stages, head
+    "swin": ("swin_tiny_patch4_window7_224", 56, {"depths": (1, 1, 1, 1), "embed_dim": 24}, 6),
+    "convnext": ("convnext_atto", None, {"depths": (1, 1, 1, 1)}, 6),
     "eva02": ("eva02_tiny_patch14_224", 28, {"depth": 2}, 4),
 }
 
