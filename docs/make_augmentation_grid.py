@@ -1,6 +1,6 @@
 """Draw docs/images/augmentation_grid.png: what cxr_vit.data.intensity does to a real chest film.
 
-One row per op at both ends of its range for magnitudes 5 and 10, then a row of random draws of the full
+One row per op at both ends of its range for magnitudes 5 and 10, then two rows of random draws of the full
 augmentation (2 ops per image, magnitude 5 and 10) as training sees them, labelled with the ops drawn.
 
     python docs/make_augmentation_grid.py [--image tests/data/00000011_000.png] [--size 128]

@@ -129,3 +129,10 @@ def test_describe_lists_every_group(vit):
 def test_bad_layer_decay_says_what_is_allowed(vit):
     with pytest.raises(ValueError, match=r"layer_decay must be in \(0, 1\]"):
         build_param_groups(vit, LR, WD, layer_decay=1.5)
+
+
+def test_no_weight_decay_at_all_gives_one_group_per_layer(vit):
+    groups = build_param_groups(vit, LR, 0.0, layer_decay=DECAY)
+    assert [g["group_name"] for g in groups] == [f"layer_{i}_no_decay" for i in (3, 2, 1, 0)]
+    assert sum(len(g["params"]) for g in groups) == len(list(vit.parameters()))
+    assert [g["group_name"] for g in build_param_groups(vit, LR, 0.0)] == ["no_decay"]

@@ -62,31 +62,31 @@ def build_param_groups(
         )
         layer_of = _layer_map(timm_model)
 
-    groups = []
+    groups: dict[str, dict[str, Any]] = {}
     for timm_group in timm_groups:
         params = list(timm_group["params"])
         decay_name = "decay" if timm_group["weight_decay"] else "no_decay"
         if layer_decay is None:
             layer_id, group_name = None, decay_name
         else:
-            # timm builds one group per (layer, decay) and gives parameters its layer map does not name the top layer
-            layer_max = max(layer_of.values())
-            layer_id = layer_of.get(names[params[0]], layer_max)
+            # timm builds one group per (layer, decay) and puts parameters its layer map does not name on top
+            layer_id = layer_of.get(names[params[0]], max(layer_of.values()))
             group_name = f"layer_{layer_id}_{decay_name}"
+        if group_name in groups:  # weight_decay=0: timm's decay and no-decay groups of a layer are the same
+            groups[group_name]["params"] += params
+            groups[group_name]["param_names"] += [prefix + names[param] for param in params]
+            continue
         scale = float(timm_group.get("lr_scale", 1.0))
-        groups.append(
-            {
-                "params": params,
-                "lr": lr * scale,
-                "weight_decay": float(timm_group["weight_decay"]),
-                "group_name": group_name,
-                "layer_id": layer_id,
-                "layer_scale": scale,
-                "param_names": [prefix + names[param] for param in params],
-            }
-        )
-    groups.sort(key=lambda group: (-(group["layer_id"] or 0), group["group_name"]))
-    return groups
+        groups[group_name] = {
+            "params": params,
+            "lr": lr * scale,
+            "weight_decay": float(timm_group["weight_decay"]),
+            "group_name": group_name,
+            "layer_id": layer_id,
+            "layer_scale": scale,
+            "param_names": [prefix + names[param] for param in params],
+        }
+    return sorted(groups.values(), key=lambda group: (-(group["layer_id"] or 0), group["group_name"]))
 
 
 def describe_param_groups(groups: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
