@@ -62,7 +62,9 @@ def _check_labels(pixel_values: torch.Tensor, label_indices: torch.Tensor) -> No
 
 
 @register_explainer("gradcam")
-def gradcam(model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor):
+def gradcam(
+    model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor
+) -> torch.Tensor:
     """Grad-CAM (:func:`cxr_vit.heatmaps.grad_cam`)."""
     return grad_cam(model, pixel_values, label_indices)
 
