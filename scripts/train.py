@@ -33,10 +33,12 @@ from cxr_vit.data import (
 from cxr_vit.data.cache import default_cache_dir, ensure_cache
 from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
 from cxr_vit.data.gpu_augment import BatchImageTransform
+from cxr_vit.data.intensity import IntensityAugment
 from cxr_vit.data.transforms import ModelImages, collate_images, eval_geometry
 from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
 from cxr_vit.metrics import compute_metrics
-from cxr_vit.modeling import ModelArguments, create_model, data_config
+from cxr_vit.modeling import ModelArguments, PretrainedWeightsUnavailable, create_model, data_config
+from cxr_vit.pretrained import CheckpointLoadError
 from cxr_vit.training import (
     CXRTrainingArguments,
     DataArguments,
@@ -59,8 +61,11 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
                 data_args.images_dir,
                 data_args.labels_csv,
                 overwrite=data_args.overwrite_prepared,
+                config=data_args.prepare_config,
                 image_size=data_args.prepare_image_size,
                 split_seed=data_args.split_seed,
+                train_val_list=data_args.train_val_list,
+                test_list=data_args.test_list,
             )
     dataset = load_chestxray14(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
     wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
@@ -96,7 +101,10 @@ def input_datasets(
     the DataLoader workers.
     """
     geometry = eval_geometry(model_data_config)
-    batch_transform = BatchImageTransform(model_data_config)
+    intensity = IntensityAugment.from_args(
+        training_args.aug_ops, training_args.aug_magnitude, training_args.aug_num_ops
+    )
+    batch_transform = BatchImageTransform(model_data_config, intensity=intensity)
     if training_args.input_pipeline == "datasets":
         squares = ModelImages(geometry)
         return {role: split.with_transform(squares) for role, split in splits.items()}, collate_images, batch_transform
@@ -147,6 +155,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         image_size=model_args.image_size,
         drop_path_rate=model_args.drop_path_rate,
         model_kwargs=model_args.model_kwargs,
+        pretrained_weights=model_args.pretrained_weights,
     )
     model_data_config = data_config(model)
     logger.info(
@@ -224,5 +233,5 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 if __name__ == "__main__":
     try:
         main(*parse_args())
-    except (HubAccessError, NIHDataError, CheckpointError) as err:
+    except (HubAccessError, NIHDataError, CheckpointError, CheckpointLoadError, PretrainedWeightsUnavailable) as err:
         raise SystemExit(f"error: {err}") from None

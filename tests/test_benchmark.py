@@ -128,3 +128,12 @@ def test_tiled_train_split_keeps_the_prepared_features(tmp_path, prepared_mini):
     tiled = datasets.load_dataset(str(tile_train_split(prepared_mini, tmp_path / "tiled", 2000)))
     assert len(tiled["train"]) == 3 * len(original["train"]) and tiled["train"].features == original["train"].features
     assert len(tiled["validation"]) == len(original["validation"])
+
+
+def test_training_flops_grow_faster_than_the_pixels():
+    """Counted, not timed: 4x the pixels at 448 px is 4x the tokens, and attention grows with their square."""
+    from cxr_vit.benchmark import measure_train_flops
+
+    flops = measure_train_flops("vit_tiny_patch16_224", [224, 448])
+    assert flops["224"]["relative"] == 1.0 and 4.0 < flops["448"]["relative"] < 8.0
+    assert 3.0 < flops["224"]["gflop"] < 10.0  # ViT-Ti/16: ~1.1 GMAC forward, x2 FLOP/MAC, x3 with backward

@@ -33,7 +33,7 @@ RECIPE = {
     "image_size": 64,
     "model_kwargs": {"depth": 2},
     "drop_path_rate": 0.0,
-    "num_train_epochs": 12,
+    "num_train_epochs": 15,
     "learning_rate": 1.0e-3,
     "per_device_train_batch_size": 16,
     "per_device_eval_batch_size": 64,

@@ -13,7 +13,7 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from cxr_vit.modeling import create_model
-from cxr_vit.pretrained import CheckpointMismatchError, load_backbone_checkpoint
+from cxr_vit.pretrained import CheckpointLoadError, CheckpointMismatchError, load_backbone_checkpoint
 
 VIT = "vit_tiny_patch16_224"
 TINY = {"depth": 2}
@@ -170,7 +170,7 @@ def test_explicit_container_and_clear_errors(tmp_path):
     pickled = save({"model": source, "args": argparse.Namespace(lr=1.0)}, tmp_path / "with_args.pth")
     with pytest.raises(ValueError, match="weights_only=False .* save only its state dict"):
         load_backbone_checkpoint(target_vit().timm_model, pickled)
-    with pytest.raises(FileNotFoundError, match="no checkpoint file at"):
+    with pytest.raises(CheckpointLoadError, match="no checkpoint file at"):
         load_backbone_checkpoint(target_vit().timm_model, tmp_path / "absent.pth")
 
 

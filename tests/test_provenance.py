@@ -129,3 +129,20 @@ def test_labels_without_positives_are_named_at_prepare_train_and_in_the_card(sma
         train_script.load_splits(data_args, CXRTrainingArguments(output_dir=str(tmp_path / "o"), report_to="none"))
     assert "labels without a positive image in some split" in caplog.text
     assert f"{label} (train {counts['train']}, eval {counts['validation']}, test {counts['test']})" in caplog.text
+
+
+def test_train_script_prepares_the_official_split_from_its_lists(small_nih, tmp_path):
+    images, csv = small_nih
+    frame = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    test_patients = frame["Patient ID"].drop_duplicates().head(3)
+    test_names = sorted(frame[frame["Patient ID"].isin(test_patients)]["Image Index"])
+    (tmp_path / "test_list.txt").write_text("\n".join(test_names))
+    (tmp_path / "train_val_list.txt").write_text("\n".join(sorted(set(frame["Image Index"]) - set(test_names))))
+    data_args = DataArguments(dataset_name=str(tmp_path / "official"), images_dir=str(images), labels_csv=str(csv),
+                              prepare_config="full", train_val_list=str(tmp_path / "train_val_list.txt"),
+                              test_list=str(tmp_path / "test_list.txt"))  # fmt: skip
+    training_args = CXRTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
+    splits = train_script.load_splits(data_args, training_args)
+    assert sorted(splits["test"]["image_id"]) == test_names
+    record = json.loads((tmp_path / "official" / "prepare.json").read_text())
+    assert record["parameters"]["config"] == "full" and record["inputs"]["test_list"]["sha256"]

@@ -83,10 +83,11 @@ def test_non_finite_loss_is_found_between_saves_within_the_check_interval(tmp_pa
 
 
 def train_command(output_dir: Path, dataset_dir: Path, *extra: str) -> list[str]:
+    # With the weights' EMA: a resume must restore it too, or the final (EMA) model would differ.
     return [
         sys.executable, "scripts/train.py", "--config", "configs/quickstart.yaml", "--dataset_name", str(dataset_dir),
         "--output_dir", str(output_dir), "--num_train_epochs", "3", "--report_to", "none", "--save_total_limit", "5",
-        *extra,
+        "--ema_decay", "0.99", *extra,
     ]  # fmt: skip
 
 
@@ -115,6 +116,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared_mi
                             cwd=REPO, env=ENV, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping incomplete checkpoint" in result.stderr and "checkpoint-30" in result.stderr
+    assert (killed / "checkpoint-24" / "ema.safetensors").is_file()  # checkpoints hold both weights
     resumed_state = json.loads((killed / "trainer_state.json").read_text())
     reference_state = json.loads((reference / "trainer_state.json").read_text())
     assert resumed_state["global_step"] == reference_state["global_step"] == 72

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from training_helpers import ToyLinear, tiny_vit_trainer, toy_args, toy_rows
 
 from cxr_vit.training import MultiLabelTrainer, parse_args, positive_weights
@@ -227,3 +228,14 @@ def test_train_metrics_are_opt_in_and_see_every_image_with_gradient_accumulation
     assert plain.train_metrics is None and plain.train_metrics not in plain.callback_handler.callbacks
     plain.train()
     assert not any("epoch_auc_macro" in entry for entry in plain.state.log_history)
+
+
+@pytest.mark.parametrize("config", sorted(path.name for path in (REPO / "configs").glob("*.yaml")))
+def test_every_bundled_config_parses(tmp_path, config):
+    model_args, data_args, training_args = parse_args(
+        ["--config", str(REPO / "configs" / config), "--output_dir", str(tmp_path)]
+    )
+    if config.startswith("nih_full_official"):  # the published fine-tuning recipe
+        assert (training_args.layer_decay, training_args.weight_decay, model_args.drop_path_rate) == (0.55, 0.05, 0.2)
+        assert data_args.prepare_config == "full" and data_args.test_list.endswith("test_list.txt")
+        assert training_args.aug_magnitude > 0 and training_args.lr_base_scale == "linear"

@@ -12,6 +12,8 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
 from cxr_vit.data.gpu_augment import BatchImageTransform
+from cxr_vit.data.transforms import eval_geometry
+from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import create_model, data_config
 from cxr_vit.training import CXRTrainingArguments, MultiLabelTrainer
 
@@ -43,23 +45,28 @@ def toy_args(output_dir: Path, **overrides) -> TrainingArguments:
     return TrainingArguments(str(output_dir), logging_nan_inf_filter=False, **fixed, **overrides)
 
 
-def tiny_vit_trainer(output_dir: Path, cache_count: int = 64, **kwargs) -> MultiLabelTrainer:
-    """A random-init ViT-Tiny at 32 px training on a tiny uint8 cache, as train.py's cache pipeline does.
+def tiny_vit_trainer(output_dir: Path, cache_count: int = 64, model=None, **kwargs) -> MultiLabelTrainer:
+    """A random-init ViT-Tiny at 32 px (or ``model``) training on a tiny uint8 cache, as train.py's cache pipeline
+    does; with ``eval_strategy``, it evaluates on the same cache.
 
-    ``kwargs`` go to CXRTrainingArguments, except ``callbacks`` and ``pos_weight`` (MultiLabelTrainer's).
-    Evaluation, checkpoints, logging and reporting are off.
+    ``kwargs`` go to CXRTrainingArguments, except ``callbacks``, ``pos_weight`` and ``train_metrics``
+    (MultiLabelTrainer's). Unless given, evaluation, checkpoints, logging and reporting are off.
     """
-    trainer_kwargs = {name: kwargs.pop(name) for name in ("callbacks", "pos_weight") if name in kwargs}
-    args = CXRTrainingArguments(
-        output_dir=str(output_dir), eval_strategy="no", save_strategy="no", logging_strategy="no",
-        load_best_model_at_end=False, report_to="none", **kwargs,
-    )  # fmt: skip
-    model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=TINY_IMAGE_SIZE)
+    trainer_kwargs = {name: kwargs.pop(name) for name in ("callbacks", "pos_weight", "train_metrics") if name in kwargs}
+    settings = dict(eval_strategy="no", save_strategy="no", logging_strategy="no", load_best_model_at_end=False,
+                    report_to="none")  # fmt: skip
+    args = CXRTrainingArguments(output_dir=str(output_dir), **{**settings, **kwargs})
+    model = model or create_model("vit_tiny_patch16_224", pretrained=False, image_size=TINY_IMAGE_SIZE)
+    config = data_config(model)
+    images = CachedImageDataset(tiny_cache(Path(output_dir) / "cache", count=cache_count,
+                                           size=eval_geometry(config).resize_size))  # fmt: skip
     return MultiLabelTrainer(
         model=model,
         args=args,
-        train_dataset=CachedImageDataset(tiny_cache(Path(output_dir) / "cache", count=cache_count)),
+        train_dataset=images,
+        eval_dataset=images if args.eval_strategy != "no" else None,
         data_collator=collate_batch,
-        batch_transform=BatchImageTransform(data_config(model)),
+        compute_metrics=compute_metrics,
+        batch_transform=BatchImageTransform(config),
         **trainer_kwargs,
     )

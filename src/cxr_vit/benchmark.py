@@ -74,6 +74,10 @@ class BenchmarkArguments:
     gpu_warmup_steps: int = field(default=5, metadata={"help": "Untimed steps first (torch.compile runs here)."})
     num_workers: int = field(default=4, metadata={"help": "DataLoader workers of our plain-loop GPU run."})
     torch_compile: bool = field(default=True, metadata={"help": "torch.compile our model on the GPU."})
+    flops_sizes: str = field(
+        default="224,384,448,512",
+        metadata={"help": "Input sizes whose training FLOPs per image are counted (comma-separated; '' to skip)."},
+    )
     train_script: str = field(
         default="scripts/train.py", metadata={"help": "The training script timed end to end (accelerate launch)."}
     )
@@ -105,6 +109,8 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
         read_dir = repeat_cache(cache_dir, work / "cache" / "repeated", args.read_cache_mb)
         results["cpu_pipeline"] = measure_cpu_pipelines(args, paths, labels, dataset, read_dir, data_config)
         results["memory"] = measure_worker_memory(read_dir)
+        sizes = [int(size) for size in args.flops_sizes.split(",") if size.strip()]
+        results["flops"] = measure_train_flops(args.model_name, sizes) if sizes else {}
         if torch.cuda.is_available():
             results["gpu"] = measure_gpu(args, paths, labels, read_dir)
             release_gpu_memory()  # the training script below is another process: leave it the whole GPU
@@ -113,6 +119,29 @@ def run_benchmark(args: BenchmarkArguments) -> dict[str, Any]:
             results["gpu"] = gpu_skipped()
         results["device"] = results["gpu"]["device"] or f"cpu: {results['machine']['cpu']}"
     return results
+
+
+# ---- compute -------------------------------------------------------------------------------------
+
+
+def measure_train_flops(model_name: str, sizes: list[int]) -> dict[str, dict[str, float]]:
+    """FLOPs of one training step (forward + backward) per image at each input size, relative to the first.
+
+    Counted by ``torch.utils.flop_counter.FlopCounterMode`` on the meta device: exact for the matrix products
+    and attention, machine-independent, and instant (nothing is computed).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counts = {}
+    for size in sizes:
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, num_classes=15, img_size=size)
+            images = torch.randn(1, 3, size, size)
+        counter = FlopCounterMode(display=False)
+        with counter:
+            model(images).sum().backward()
+        counts[size] = counter.get_total_flops()
+    return {str(size): {"gflop": flops / 1e9, "relative": flops / counts[sizes[0]]} for size, flops in counts.items()}
 
 
 # ---- inputs ------------------------------------------------------------------------------------
@@ -578,6 +607,16 @@ def format_table(results: dict[str, Any]) -> str:
                 f"{memory['workers']} workers read a {memory['cache_mb']:.0f} "
                 "MB cache: private memory growth / shared page-cache mapping",
                 f"{memory['max_worker_private_growth_mb']:.1f} MB / {memory['max_worker_cache_mapped_mb']:.0f} MB",
+            )
+        )
+    flops = results.get("flops") or {}
+    if flops:
+        base = next(iter(flops))
+        rows.append(
+            (
+                "training FLOPs per image",
+                f"{settings['model_name']} forward + backward (FlopCounterMode), by input size; relative to {base} px",
+                ", ".join(f"{size} px: {v['gflop']:.0f} GFLOP ({v['relative']:.2f}x)" for size, v in flops.items()),
             )
         )
     gpu_name = gpu["device"] or "GPU"

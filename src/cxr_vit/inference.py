@@ -9,6 +9,10 @@ per image, then :meth:`BatchImageTransform.eval_batch` per batch. One precision 
 - either way the classifier head runs in float32 on float32 features. A bf16 head would round the logits to
   3 significant digits, which turns close scores into ties and moves ROC-AUC; an fp32 head on bf16 features
   keeps the headline within 1e-3 of fp32 (tested).
+
+Test-time augmentation (``tta``) averages the probabilities of fixed views of each image: its centre crop, then
+the four corner crops of the square it is cut from (five at most, deterministic). :class:`Ensemble` averages the
+probabilities of several models, each with its own preprocessing.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import TimmWrapperForImageClassification
 
-from .data.gpu_augment import BatchImageTransform
+from .data.gpu_augment import EVAL_VIEWS, BatchImageTransform
 from .data.transforms import ModelImages, collate_images, eval_geometry, resize_for_model
 from .modeling import data_config
 
@@ -67,6 +71,7 @@ class Classifier:
         model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels).
         device: where to run; default CUDA when available.
         precision: ``auto`` (bf16 autocast where the GPU has it natively, else fp32), ``fp32`` or ``bf16``.
+        tta: views averaged per image: 1 = the centre crop (timm's eval transform); up to 5 adds the corners.
     """
 
     def __init__(
@@ -74,7 +79,11 @@ class Classifier:
         model: TimmWrapperForImageClassification,
         device: str | torch.device | None = None,
         precision: str = "auto",
+        tta: int = 1,
     ):
+        if not 1 <= tta <= EVAL_VIEWS:
+            raise ValueError(f"tta must be 1 (the centre crop only) to {EVAL_VIEWS} (centre and 4 corners), got {tta}")
+        self.tta = tta
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = model.eval().to(self.device)
         config = data_config(model)
@@ -86,18 +95,21 @@ class Classifier:
         """The uint8 ``S x S`` squares of decoded images (the CPU half of the preprocessing)."""
         return torch.stack([torch.from_numpy(resize_for_model(image, self.geometry)) for image in images])
 
-    def inputs(self, squares: torch.Tensor) -> torch.Tensor:
+    def inputs(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:
         """Normalised model inputs on the device from uint8 squares (the device half of the preprocessing)."""
-        return self.batch_transform(squares.to(self.device, non_blocking=True), training=False)
+        squares = squares.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, enabled=False):
+            return self.batch_transform.eval_batch(squares, view)
 
     @torch.no_grad()
-    def logits(self, squares: torch.Tensor) -> torch.Tensor:
-        """float32 logits ``(B, 15)`` on the device."""
-        return forward_logits(self.model, self.inputs(squares), self.dtype)
+    def logits(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:
+        """float32 logits ``(B, 15)`` of one view, on the device."""
+        return forward_logits(self.model, self.inputs(squares, view), self.dtype)
 
     def probabilities(self, squares: torch.Tensor) -> np.ndarray:
-        """Sigmoid probabilities ``(B, 15)`` as float64 numpy (the precision every metric is computed in)."""
-        return torch.sigmoid(self.logits(squares)).double().cpu().numpy()
+        """Sigmoid probabilities ``(B, 15)``, averaged over the ``tta`` views, as float64 numpy."""
+        views = [torch.sigmoid(self.logits(squares, view)).double() for view in range(self.tta)]
+        return torch.stack(views).mean(dim=0).cpu().numpy()
 
     def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
         """Probabilities of decoded X-rays (any PIL mode)."""
@@ -121,3 +133,35 @@ class Classifier:
             probabilities.append(self.probabilities(batch["pixel_values"]))
             targets.append(batch["labels"].numpy())
         return np.concatenate(probabilities), np.concatenate(targets).astype(np.int64)
+
+
+class Ensemble:
+    """Several models, each with its own preprocessing: probabilities averaged over the members.
+
+    The members must predict the same 15 labels in the same order (cxr-vit models do); their input sizes may
+    differ. It has :class:`Classifier`'s ``predict_images`` and ``predict_dataset``.
+    """
+
+    def __init__(self, members: Sequence[Classifier]):
+        if not members:
+            raise ValueError("an ensemble needs at least one model")
+        labels = {
+            tuple(member.model.config.id2label[i] for i in range(member.model.config.num_labels)) for member in members
+        }
+        if len(labels) != 1:
+            raise ValueError(f"ensemble members predict different labels: {sorted(labels)}")
+        self.members = list(members)
+
+    def predict_images(self, images: Sequence[Image.Image]) -> np.ndarray:
+        return np.mean([member.predict_images(images) for member in self.members], axis=0)
+
+    def predict_dataset(
+        self, dataset, batch_size: int = 64, num_workers: int = 0, desc: str = "predict", progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        outputs = [
+            member.predict_dataset(
+                dataset, batch_size, num_workers, f"{desc} ({index + 1}/{len(self.members)})", progress
+            )
+            for index, member in enumerate(self.members)
+        ]
+        return np.mean([probabilities for probabilities, _ in outputs], axis=0), outputs[0][1]

@@ -8,6 +8,7 @@ model loads with stock ``AutoModelForImageClassification.from_pretrained`` and
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,9 @@ from transformers import (
 )
 
 from .constants import DEFAULT_MODEL_NAME, ID2LABEL, LABEL2ID, NUM_LABELS
+from .pretrained import load_backbone_checkpoint
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -50,6 +54,13 @@ class ModelArguments:
         },
     )
     drop_path_rate: float = field(default=0.1, metadata={"help": "Stochastic depth rate of the backbone."})
+    pretrained_weights: str | None = field(
+        default=None,
+        metadata={
+            "help": "A local research checkpoint (.pth/.pt/.bin/.safetensors; the state dict at the top level or "
+            "under model/state_dict/module) to initialise the backbone from, instead of the tag's ImageNet weights."
+        },
+    )
     model_kwargs: dict[str, Any] | None = field(
         default=None, metadata={"help": 'Extra timm.create_model keywords, e.g. {"depth": 4} (YAML config).'}
     )
@@ -69,19 +80,30 @@ def create_model(
     image_size: int | None = None,
     drop_path_rate: float = 0.0,
     model_kwargs: dict[str, Any] | None = None,
+    pretrained_weights: str | os.PathLike | None = None,
 ) -> TimmWrapperForImageClassification:
     """A ``TimmWrapperForImageClassification`` with the 15 NIH labels, ``problem_type`` multi-label.
 
     Args:
-        model_name: timm architecture (``.tag`` optional), or a saved cxr-vit model folder / Hub id.
+        model_name: timm architecture (``.tag`` optional; ViT, DeiT, Swin, ConvNeXt, EVA, ... anything timm
+            builds), ``hf-hub:org/name`` or ``timm/name`` for a timm repo on the Hub, or a saved cxr-vit model
+            folder / Hub id.
         pretrained: load the tag's ImageNet weights through timm; raises if they cannot be fetched (never a
             silent random init). ``False`` is an explicit random init.
         image_size: square input size; position embeddings of pretrained weights are resampled by timm.
+            Convolutional backbones take any size and keep it in the data config only.
         drop_path_rate: stochastic depth of the backbone.
         model_kwargs: more ``timm.create_model`` keywords (they are stored in ``config.model_args``).
+        pretrained_weights: a local checkpoint loaded into the backbone instead of the tag's weights
+            (:func:`cxr_vit.pretrained.load_backbone_checkpoint`: safe loading, position embeddings resampled,
+            another head dropped, an error when it leaves more than a few backbone tensors unloaded).
     """
     if _is_saved_model(model_name):
+        if pretrained_weights:
+            raise ValueError(f"--pretrained_weights initialises a new backbone, not the saved model {model_name!r}")
         return AutoModelForImageClassification.from_pretrained(model_name)
+    if pretrained_weights:
+        pretrained = False  # the file's weights replace the tag's: nothing to download
     if model_name.startswith("timm/"):  # a timm Hub repo id: timm loads it through its hf-hub: prefix
         model_name = "hf-hub:" + model_name
     model_args = dict(model_kwargs or {})
@@ -92,7 +114,13 @@ def create_model(
     # timm fetches the weights (and resamples position embeddings for another image size, and drops the
     # 1000-class head) far better than a state-dict copy could; we then move them into the wrapper.
     try:
-        backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=NUM_LABELS, **model_args)
+        try:
+            backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=NUM_LABELS, **model_args)
+        except TypeError as err:  # convolutional backbones (ConvNeXt, ResNet) take any size and no img_size
+            if "img_size" not in str(err) or not image_size:
+                raise
+            del model_args["img_size"]
+            backbone = timm.create_model(model_name, pretrained=pretrained, num_classes=NUM_LABELS, **model_args)
     except OSError as err:  # huggingface_hub's download errors are OSErrors
         if not pretrained:
             raise
@@ -115,6 +143,14 @@ def create_model(
     )
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(backbone.state_dict())
+    if pretrained_weights:
+        result = load_backbone_checkpoint(model.timm_model, pretrained_weights)
+        logger.info("initialised the backbone from %s", result.summary())
+        model.config.cxr_vit_initialization = {
+            "checkpoint": Path(pretrained_weights).name,
+            "tensors_loaded": len(result.loaded),
+            "missing": result.missing,
+        }
     return model
 
 

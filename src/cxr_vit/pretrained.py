@@ -32,7 +32,11 @@ STRIP_PREFIXES = ("module.", "model.", "encoder.", "backbone.", "timm_model.")
 MAX_LISTED = 20  # keys listed per kind in errors and summaries
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointLoadError(ValueError):
+    """A backbone checkpoint that cannot be used: missing, not a state dict, unsafe to unpickle."""
+
+
+class CheckpointMismatchError(CheckpointLoadError):
     """The checkpoint leaves more backbone tensors unloaded than allowed: it is not for this architecture."""
 
 
@@ -147,13 +151,13 @@ def load_backbone_checkpoint(
 
 def _read_checkpoint(path: Path) -> Any:
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise CheckpointLoadError(f"--pretrained_weights: no checkpoint file at {path}")
     if path.suffix == ".safetensors":
         return safetensors.torch.load_file(path, device="cpu")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        raise ValueError(
+        raise CheckpointLoadError(
             f"{path} holds pickled Python objects besides tensors (e.g. training args), which we do not unpickle "
             "(weights_only). If you trust the file, load it in a separate session with weights_only=False and "
             "save only its state dict (the dict of tensors), as .pth or, better, .safetensors."
@@ -167,7 +171,9 @@ def _find_state_dict(checkpoint: Any, container: str | None) -> tuple[dict[str, 
         for part in container.split("."):
             if not isinstance(node, Mapping) or part not in node:
                 keys = sorted(node) if isinstance(node, Mapping) else type(node).__name__
-                raise ValueError(f"no {part!r} in the checkpoint at {'.'.join(parts) or 'the top level'}: {keys}")
+                raise CheckpointLoadError(
+                    f"no {part!r} in the checkpoint at {'.'.join(parts) or 'the top level'}: {keys}"
+                )
             node = node[part]
             parts.append(part)
     else:
@@ -180,7 +186,7 @@ def _find_state_dict(checkpoint: Any, container: str | None) -> tuple[dict[str, 
     tensors = {k: v for k, v in node.items() if isinstance(v, torch.Tensor)} if isinstance(node, Mapping) else {}
     if not tensors:
         found = sorted(node) if isinstance(node, Mapping) else type(node).__name__
-        raise ValueError(
+        raise CheckpointLoadError(
             f"no tensors in the checkpoint at {'.'.join(parts) or 'the top level'} (found {found}); "
             "name the state dict with container=..."
         )

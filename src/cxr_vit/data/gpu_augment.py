@@ -6,7 +6,8 @@ image; the same geometry as one ``affine_grid`` + ``grid_sample`` over the whole
 
 - train: random resized crop (area 75-100%, aspect 0.9-1.1), rotation up to 10 degrees, 5% shifts, black fill,
   no flip (anatomy is not left-right symmetric); composed into one affine map per image and sampled once, so
-  there is a single resampling.
+  there is a single resampling; then, optionally, X-ray intensity augmentation
+  (:class:`cxr_vit.data.intensity.IntensityAugment`: brightness, contrast, gamma, sharpness, noise).
 - eval: the centre ``input_size`` crop of the square, which completes timm's eval transform exactly.
 
 Both end with grayscale -> 3 channels and the model's mean/std, computed as ``ToTensor`` + ``Normalize`` do.
@@ -20,8 +21,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
+from .intensity import IntensityAugment
 from .transforms import crop_offset, eval_geometry
 
+# Fixed test-time views of a square: its centre crop and its four corner crops.
+EVAL_VIEWS = 5
 # Images per grid_sample call on a CPU: the grid and samples of 8 images at 224 px (~5 MB) stay in cache;
 # one call for a 64-image batch runs at about half the images/s.
 CPU_CHUNK_SIZE = 8
@@ -60,6 +64,7 @@ class BatchImageTransform:
         scale / ratio: random resized crop area fraction and aspect ratio ranges.
         degrees: maximum rotation; translate: maximum shift as a fraction of the side.
         interpolation: ``grid_sample`` mode of the train path (bilinear: the crops are near 1:1 scale).
+        intensity: X-ray intensity augmentation applied per image after the geometry (None: none).
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class BatchImageTransform:
         degrees: float = 10.0,
         translate: float = 0.05,
         interpolation: str = "bilinear",
+        intensity: IntensityAugment | None = None,
     ):
         geometry = eval_geometry(data_config)
         self.crop_offset = crop_offset(geometry)
@@ -79,6 +85,7 @@ class BatchImageTransform:
         self.std = torch.tensor(data_config["std"], dtype=torch.float32).view(1, 3, 1, 1)
         self.scale, self.ratio, self.degrees, self.translate = scale, ratio, degrees, translate
         self.interpolation = interpolation
+        self.intensity = intensity if intensity is not None and not intensity.is_identity else None
         # Per device, copied there once: a CPU -> GPU copy blocks the host until the GPU has run everything
         # queued before it, so one per step would stall the training loop.
         self._constants: dict[torch.device, _Constants] = {}
@@ -103,6 +110,8 @@ class BatchImageTransform:
             sampled = F.grid_sample(
                 images[start:stop].float(), grid, mode=self.interpolation, padding_mode="zeros", align_corners=False
             )
+            if self.intensity is not None:
+                sampled = self.intensity(sampled)
             # pixels 0..255 -> (p / 255 - mean) / std, fused into one pass that also makes the 3 channels
             torch.addcmul(constants.bias, sampled, constants.scale, out=output[start:stop])
         return output
@@ -122,16 +131,21 @@ class BatchImageTransform:
         shift = uniform(-2.0 * self.translate, 2.0 * self.translate, 2)
         return crop_affine_theta(center, extent, angle, shift)
 
-    def eval_batch(self, images: torch.Tensor) -> torch.Tensor:
-        """The centre ``size`` crop of each square, normalised: the last steps of timm's eval transform."""
+    def eval_batch(self, images: torch.Tensor, view: int = 0) -> torch.Tensor:
+        """A ``size`` crop of each square, normalised: the centre (view 0, the last steps of timm's eval transform)
+        or one of the four corners (views 1-4: top-left, top-right, bottom-left, bottom-right), for test-time
+        augmentation over fixed views."""
         pixels = _as_bchw(images)
         if pixels.shape[-2:] != (self.scale_size, self.scale_size):
             raise ValueError(
                 f"expected {self.scale_size}x{self.scale_size} squares from cxr_vit.data.transforms.resize_for_model, "
                 f"got {tuple(pixels.shape[-2:])}: was the image cache built for another model size?"
             )
-        offset = self.crop_offset
-        crop = pixels[..., offset : offset + self.size, offset : offset + self.size]
+        if not 0 <= view < EVAL_VIEWS:
+            raise ValueError(f"view must be 0 (centre) to {EVAL_VIEWS - 1} (corners), got {view}")
+        far = self.scale_size - self.size
+        top, left = [(self.crop_offset, self.crop_offset), (0, 0), (0, far), (far, 0), (far, far)][view]
+        crop = pixels[..., top : top + self.size, left : left + self.size]
         return self.normalize(crop.float().div(255))
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:

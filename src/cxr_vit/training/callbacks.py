@@ -1,4 +1,4 @@
-"""Training-loop watchers as Trainer callbacks: the non-finite-loss stop and the opt-in train metrics.
+"""Training-loop helpers as Trainer callbacks: the non-finite-loss stop, the opt-in train metrics, the weights' EMA.
 
 Both keep their per-step work on the device and read it on the host only at the moments the Trainer would block
 anyway (a log, an evaluation, a checkpoint, an epoch end), so a training step never waits on the GPU.
@@ -6,9 +6,11 @@ anyway (a log, an evaluation, a checkpoint, an epoch end), so a training step ne
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import torch
+from timm.utils import ModelEmaV3
 from transformers import TrainerCallback
 
 from ..metrics import multilabel_metrics
@@ -100,3 +102,58 @@ class TrainMetrics(TrainerCallback):
     def pop_pending(self) -> dict[str, float]:
         pending, self.pending = self.pending, {}
         return pending
+
+
+EMA_WEIGHTS_NAME = "ema.safetensors"
+
+
+class WeightEma(TrainerCallback):
+    """An exponential moving average of the model's weights (timm's ``ModelEmaV3``), updated after every step.
+
+    The average warms up (timm's ``use_warmup``: ``decay_t = min(decay, 1 - (1 + t) ** (-2/3))``), so a short
+    fine-tune does not evaluate an average still dominated by its first steps. :class:`MultiLabelTrainer`
+    evaluates it, stores it in every checkpoint (``ema.safetensors``, timm-named, written before the checkpoint
+    counts as complete) and restores it on resume. Updates are device-side lerps: no host sync.
+    """
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.ema: ModelEmaV3 | None = None
+        self.restored: dict[str, torch.Tensor] | None = None  # weights read from a checkpoint, until attached
+        self.finished = False
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.ema is None:
+            self.ema = ModelEmaV3(model, decay=self.decay, use_warmup=True)
+        if self.restored is not None:
+            self.ema.module.timm_model.load_state_dict(self.restored)
+            self.restored = None
+        self.finished = False
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.ema.update(model, step=state.global_step)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.finished = True
+
+    @property
+    def active(self) -> bool:
+        """Whether evaluations should use the average: during training (afterwards the model holds its pick)."""
+        return self.ema is not None and not self.finished
+
+    def timm_state_dict(self) -> dict[str, torch.Tensor]:
+        return self.ema.module.timm_model.state_dict()
+
+    @contextmanager
+    def swapped_into(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the block with the average's weights in ``model`` (copied in place, restored afterwards)."""
+        backup = [tensor.detach().clone() for tensor in model.state_dict().values()]
+        with torch.no_grad():
+            for target, average in zip(model.state_dict().values(), self.ema.module.state_dict().values(), strict=True):
+                target.copy_(average)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for target, saved in zip(model.state_dict().values(), backup, strict=True):
+                    target.copy_(saved)

@@ -49,6 +49,16 @@ class DataArguments:
     )
     labels_csv: str | None = field(default=None, metadata={"help": "NIH label CSV for that preparation."})
     prepare_image_size: int | None = field(default=None, metadata={"help": "--image_size of that preparation."})
+    prepare_config: str = field(
+        default="sample",
+        metadata={"help": "--config of that preparation: sample (any subset) or full.", "choices": ["sample", "full"]},
+    )
+    train_val_list: str | None = field(
+        default=None, metadata={"help": "Official train_val_list.txt for that preparation (--prepare_config full)."}
+    )
+    test_list: str | None = field(
+        default=None, metadata={"help": "Official test_list.txt for that preparation (--prepare_config full)."}
+    )
     split_seed: int = field(
         default=DEFAULT_SPLIT_SEED,
         metadata={"help": "Seed of that preparation's patient-wise split; independent of --seed (the training seed)."},
@@ -75,6 +85,7 @@ class DataArguments:
 
 
 INPUT_PIPELINES = ("cache", "datasets")
+EMA_EVAL = ("ema", "raw", "both")
 LR_BASE_SCALES = ("sqrt", "linear")
 # Per-device batches when none is given. On one H200 (torch 2.11, bf16, the project's field notes) ViT-B/16
 # trained at 2,735 images/s at batch 256 with fused AdamW, against 704 at batch 16; on a CPU a small batch
@@ -147,6 +158,13 @@ class CXRTrainingArguments(TrainingArguments):
         throughput_skip_steps: steps before ``train_steady_images_per_second`` starts timing (compile, start-up).
         train_metrics: log ``epoch_auc_macro``, the macro AUC over each epoch's (augmented) training batches, for
             the training curves; off by default (it keeps every training prediction until the epoch ends).
+        layer_decay: layer-wise learning-rate decay (timm's groups). Whatever it is, weight decay never applies
+            to biases, norms, position embeddings and class/register tokens (timm's ``no_weight_decay()``).
+        ema_decay / ema_eval: an exponential moving average of the weights (timm's ``ModelEmaV3``), evaluated
+            and kept as the best model by default; checkpoints hold both, and resume restores both.
+        aug_ops / aug_magnitude / aug_num_ops: X-ray intensity augmentation (brightness, contrast, gamma,
+            sharpness, noise) drawn per image on the batch path of both input pipelines, after the geometric
+            augmentation (crop 75-100%, rotation up to 10 degrees, 5% shifts; no horizontal flip).
 
     A plain ``python scripts/train.py`` on a machine with several GPUs trains with torch's DataParallel: one
     process, ``per_device_train_batch_size`` on each GPU. The default learning rate is scaled to that real
@@ -219,6 +237,35 @@ class CXRTrainingArguments(TrainingArguments):
             "with --torch_compile, so the compiled model never meets a new batch shape mid-training."
         },
     )
+    layer_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Layer-wise learning-rate decay (e.g. 0.55-0.75 when fine-tuning): each layer below the head "
+            "gets this factor once more. Default: one rate for all layers."
+        },
+    )
+    ema_decay: float | None = field(
+        default=None, metadata={"help": "Keep an exponential moving average of the weights (e.g. 0.9998)."}
+    )
+    ema_eval: str = field(
+        default="ema",
+        metadata={
+            "help": "With --ema_decay: evaluate and keep as best the EMA weights (ema), the raw ones (raw), or "
+            "evaluate both and keep the EMA (both; the raw metrics are logged as eval_raw_*).",
+            "choices": list(EMA_EVAL),
+        },
+    )
+    aug_ops: str = field(
+        default="all",
+        metadata={
+            "help": "Intensity augmentations drawn per image: comma-separated among brightness, contrast, gamma, "
+            "sharpness, noise; 'all' or 'none'."
+        },
+    )
+    aug_magnitude: float = field(
+        default=5.0, metadata={"help": "Strength of the intensity augmentations, 0 (off) to 10 (RandAugment-like)."}
+    )
+    aug_num_ops: int = field(default=2, metadata={"help": "Intensity augmentations per image."})
     train_metrics: bool = field(
         default=False,
         metadata={"help": "Log the macro AUC of each epoch's training batches (epoch_auc_macro) for the curves."},
@@ -251,6 +298,12 @@ class CXRTrainingArguments(TrainingArguments):
             self.dataloader_persistent_workers = self.dataloader_num_workers > 0
         if self.early_stopping_patience is not None and not self.load_best_model_at_end:
             raise ValueError("--early_stopping_patience needs --load_best_model_at_end true")
+        if self.ema_eval not in EMA_EVAL:
+            raise ValueError(f"--ema_eval must be one of {EMA_EVAL}, got {self.ema_eval!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"--ema_decay must be between 0 and 1 (e.g. 0.9998), got {self.ema_decay}")
+        if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"--layer_decay must be in (0, 1] (e.g. 0.65), got {self.layer_decay}")
         if self.throughput_skip_steps < 1:
             raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
         scale_learning_rate = self.learning_rate is None

@@ -5,22 +5,35 @@
 - ``compute_loss``: the BCE-with-logits loss, optionally weighted per label (``pos_weight``).
 - ``prediction_step``: evaluation through :func:`cxr_vit.inference.forward_logits`, the forward that
   ``scripts/evaluate.py``, ``scripts/predict.py`` and the demo use, so every reported metric comes from one path.
-- callbacks: the non-finite-loss stop, the steady throughput, the opt-in train metrics
+- ``create_optimizer``: timm's parameter groups (:mod:`cxr_vit.training.optim`): no weight decay on biases,
+  norms, position embeddings and class tokens, and optional layer-wise learning-rate decay.
+- ``evaluate`` / ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model``: the optional weights' EMA is
+  evaluated, checkpointed beside the raw weights, restored on resume and kept as the best model.
+- callbacks: the non-finite-loss stop, the steady throughput, the opt-in train metrics, the EMA
   (:mod:`cxr_vit.training.callbacks`, :mod:`cxr_vit.training.throughput`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from transformers import Trainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.gpu_augment import BatchImageTransform
 from ..inference import forward_logits
 from ..modeling import timm_state_dict
-from .callbacks import NonFiniteLossWatch, TrainMetrics
+from .callbacks import EMA_WEIGHTS_NAME, NonFiniteLossWatch, TrainMetrics, WeightEma
+from .optim import build_param_groups, format_param_groups
 from .throughput import DEFAULT_SKIP_STEPS, ThroughputMeter
+
+logger = logging.getLogger(__name__)
 
 
 def positive_weights(labels: np.ndarray, max_weight: float = 100.0) -> torch.Tensor:
@@ -68,7 +81,9 @@ class MultiLabelTrainer(Trainer):
         # CXRTrainingArguments has throughput_skip_steps; plain TrainingArguments get the default
         self.throughput = ThroughputMeter(getattr(self.args, "throughput_skip_steps", DEFAULT_SKIP_STEPS))
         self.train_metrics = TrainMetrics(self.accelerator.gather) if train_metrics else None
-        for callback in (self.loss_watch, self.throughput, self.train_metrics):
+        ema_decay = getattr(self.args, "ema_decay", None)
+        self.ema = WeightEma(ema_decay) if ema_decay else None
+        for callback in (self.loss_watch, self.throughput, self.train_metrics, self.ema):
             if callback is not None:
                 self.add_callback(callback)
 
@@ -91,6 +106,20 @@ class MultiLabelTrainer(Trainer):
             return super().get_train_dataloader()
         finally:
             self.args.dataloader_drop_last = False
+
+    def create_optimizer(self, model=None):
+        model = self.model if model is None else model
+        if self.optimizer is not None or self.optimizer_cls_and_kwargs is not None or not hasattr(model, "timm_model"):
+            return super().create_optimizer(model)
+        optimizer_cls, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
+        if {"params", "model", "optimizer_dict"} & set(optimizer_kwargs):
+            raise ValueError(f"--optim {self.args.optim} builds its own parameter groups; use an AdamW-style optimizer")
+        groups = build_param_groups(
+            model, self.args.learning_rate, self.args.weight_decay, getattr(self.args, "layer_decay", None)
+        )
+        logger.info("optimizer %s, parameter groups:\n%s", optimizer_cls.__name__, format_param_groups(groups))
+        self.optimizer = optimizer_cls(groups, **optimizer_kwargs)
+        return self.optimizer
 
     # ---- loss, steps, prediction ---------------------------------------------------------------------
 
@@ -128,6 +157,43 @@ class MultiLabelTrainer(Trainer):
             return torch.bfloat16
         return torch.float16 if self.args.fp16 else None
 
+    # ---- the weights' EMA ------------------------------------------------------------------------------
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """Evaluate the raw weights, or during training with ``--ema_decay`` the EMA (``--ema_eval``)."""
+        mode = getattr(self.args, "ema_eval", "raw")
+        if self.ema is None or not self.ema.active or mode == "raw":
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        raw = super().evaluate(eval_dataset, ignore_keys, f"{metric_key_prefix}_raw") if mode == "both" else {}
+        with self.ema.swapped_into(self.accelerator.unwrap_model(self.model)):
+            return {**raw, **super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)}
+
+    def _uses_ema_weights(self) -> bool:
+        return self.ema is not None and getattr(self.args, "ema_eval", "raw") != "raw"
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / EMA_WEIGHTS_NAME
+        if self.ema is not None:
+            if path.is_file():
+                self.ema.restored = load_file(str(path))
+            else:
+                logger.warning("%s has no %s: the EMA restarts from the resumed weights", resume_from_checkpoint,
+                               EMA_WEIGHTS_NAME)  # fmt: skip
+
+    def _load_best_model(self) -> None:
+        super()._load_best_model()
+        path = Path(self.state.best_model_checkpoint or "") / EMA_WEIGHTS_NAME
+        if self._uses_ema_weights() and path.is_file():  # the best evaluation was of the EMA: keep those weights
+            self.accelerator.unwrap_model(self.model).timm_model.load_state_dict(load_file(str(path)))
+            logger.info("best model: the EMA weights of %s", self.state.best_model_checkpoint)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if self._uses_ema_weights() and not self.args.load_best_model_at_end:  # the final EMA is the model
+            self.accelerator.unwrap_model(self.model).timm_model.load_state_dict(self.ema.timm_state_dict())
+        return output
+
     # ---- outputs -------------------------------------------------------------------------------------
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
@@ -135,6 +201,14 @@ class MultiLabelTrainer(Trainer):
         if state_dict is None:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
         super()._save(output_dir, state_dict=timm_state_dict(state_dict))
+        output_dir = output_dir or self.args.output_dir
+        if (
+            self.ema is not None
+            and self.ema.ema is not None
+            and Path(output_dir).name.startswith(PREFIX_CHECKPOINT_DIR)
+        ):
+            # Beside the raw weights, before trainer_state.json marks the checkpoint complete.
+            save_file(self.ema.timm_state_dict(), os.path.join(output_dir, EMA_WEIGHTS_NAME))
 
     def peak_gpu_memory_gb(self) -> float | None:
         """``torch.cuda.max_memory_allocated`` of this process in GiB; ``None`` off CUDA."""
