@@ -1,4 +1,4 @@
-"""Benchmark the seed notebook's recipe against ours: CPU input path, prepare, cache, worker memory, GPU training.
+"""Benchmark a typical notebook recipe against ours: CPU input path, prepare, cache, worker memory, FLOPs, GPU training.
 
     # synthesized 1024x1024 NIH-like PNGs with real NIH file names; about 20 s on a 2-core CPU
     python scripts/benchmark.py --output_json outputs/benchmark.json
@@ -17,7 +17,7 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from cxr_vit.benchmark import BenchmarkArguments, format_table, run_benchmark
+from cxr_vit.benchmarks.run import BenchmarkArguments, format_table, run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 

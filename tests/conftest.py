@@ -23,8 +23,8 @@ def tiny_cache(directory: Path, count: int = 64, size: int = TINY_CACHE_SIZE) ->
     import numpy as np
     from PIL import Image
 
+    from cxr_vit.benchmarks.synthetic import synthetic_xray
     from cxr_vit.data.cache import write_cache
-    from cxr_vit.data.synthetic import synthetic_xray
     from cxr_vit.data.transforms import EvalGeometry
 
     images = [Image.fromarray(synthetic_xray(index, size=size)) for index in range(count)]

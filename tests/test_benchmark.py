@@ -11,8 +11,8 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from cxr_vit.benchmark import GPU_KEYS, NOT_MEASURED, BenchmarkArguments, interleaved_rates
-from cxr_vit.data.synthetic import synthetic_xray
+from cxr_vit.benchmarks.run import GPU_KEYS, NOT_MEASURED, BenchmarkArguments, interleaved_rates
+from cxr_vit.benchmarks.synthetic import synthetic_xray
 
 TINY = [
     "--num_images", "24", "--synthetic_size", "128", "--prepare_image_size", "64", "--image_size", "32",
@@ -29,7 +29,7 @@ def test_benchmark_script_tiny(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads(output.read_text())
     for section, key in [
-        ("cpu_pipeline", "seed_img_per_s"),
+        ("cpu_pipeline", "notebook_img_per_s"),
         ("cpu_pipeline", "ours_img_per_s"),
         ("cpu_pipeline", "ours_read_only_img_per_s"),
         ("cpu_pipeline", "datasets_path_img_per_s"),
@@ -45,7 +45,7 @@ def test_benchmark_script_tiny(tmp_path):
         assert all(gpu[key] is None for key in GPU_KEYS) and gpu["device"] is None
         assert results["device"].startswith("cpu")
         assert result.stdout.count(NOT_MEASURED) == len(GPU_KEYS)
-    assert "| CPU, seed (per core) |" in result.stdout and "| prepare (1 process) |" in result.stdout
+    assert "| CPU, notebook recipe (per core) |" in result.stdout and "| prepare (1 process) |" in result.stdout
 
 
 def test_benchmark_arguments_are_checked():
@@ -76,12 +76,12 @@ def test_interleaved_rates_keeps_the_best_round():
 
 def test_gpu_measurement_code_runs_on_cpu(tmp_path):
     """The GPU section, run on the CPU with a tiny model: every step of it executes and reports images/s."""
-    from cxr_vit.benchmark import measure_gpu
+    from cxr_vit.benchmarks.run import measure_gpu
     from cxr_vit.data.cache import write_cache
     from cxr_vit.data.transforms import EvalGeometry
 
     paths = []
-    for index in range(16):  # one full seed batch
+    for index in range(16):  # one full notebook-recipe batch
         paths.append(tmp_path / f"{index:08d}_000.png")
         Image.fromarray(synthetic_xray(index, size=64)).save(paths[-1])
     labels = np.zeros((16, 15), np.float32)
@@ -97,14 +97,14 @@ def test_gpu_measurement_code_runs_on_cpu(tmp_path):
         torch_compile=False,
     )
     results = measure_gpu(args, paths, labels, tmp_path / "cache", device="cpu")
-    for key in ("seed_end_to_end_img_per_s", "ours_model_only_img_per_s", "ours_plain_loop_img_per_s"):
+    for key in ("notebook_end_to_end_img_per_s", "ours_model_only_img_per_s", "ours_plain_loop_img_per_s"):
         assert results[key] > 0, key
     assert results["status"] == "measured"
 
 
 def test_train_script_measurement_runs_on_cpu(tmp_path, prepared_mini):
     """The end-to-end GPU row runs the real accelerate launch scripts/train.py; here on the CPU, tiny."""
-    from cxr_vit.benchmark import measure_train_script, release_gpu_memory
+    from cxr_vit.benchmarks.run import measure_train_script, release_gpu_memory
 
     args = BenchmarkArguments(
         model_name="vit_tiny_patch16_224", image_size=32, batch_size=8, gpu_steps=3, gpu_warmup_steps=2,
@@ -122,7 +122,7 @@ def test_train_script_measurement_runs_on_cpu(tmp_path, prepared_mini):
 def test_tiled_train_split_keeps_the_prepared_features(tmp_path, prepared_mini):
     import datasets
 
-    from cxr_vit.benchmark import tile_train_split
+    from cxr_vit.benchmarks.run import tile_train_split
 
     original = datasets.load_dataset(str(prepared_mini))
     tiled = datasets.load_dataset(str(tile_train_split(prepared_mini, tmp_path / "tiled", 2000)))
@@ -132,7 +132,7 @@ def test_tiled_train_split_keeps_the_prepared_features(tmp_path, prepared_mini):
 
 def test_training_flops_grow_faster_than_the_pixels():
     """Counted, not timed: 4x the pixels at 448 px is 4x the tokens, and attention grows with their square."""
-    from cxr_vit.benchmark import measure_train_flops
+    from cxr_vit.benchmarks.run import measure_train_flops
 
     flops = measure_train_flops("vit_tiny_patch16_224", [224, 448])
     assert flops["224"]["relative"] == 1.0 and 4.0 < flops["448"]["relative"] < 8.0

@@ -1,7 +1,7 @@
 """A compact uint8 image cache: decode the prepared PNGs once, then read batches from a memory map.
 
-Training at thousands of images/s cannot afford a PNG decode per image per epoch (about 2.3 ms for a 256 px
-PNG, so ~430 images/s per core), so each split is decoded once into a folder holding
+Training at thousands of images/s cannot afford a PNG decode (milliseconds) per image per epoch, so each split
+is decoded once into a folder holding
 
     images.npy   N x S x S grayscale uint8: :func:`cxr_vit.data.transforms.resize_for_model` of each image
                  (S = 248 for ViT-B/16 at 224: 60 KB an image, 345 MB for 5,606)

@@ -2,8 +2,8 @@
 
 A ``DataLoader`` with ``batch_size=B`` hands a dataset that has ``__getitems__`` the batch's B indices in one
 call, so one sorted fancy index into the memory map replaces B Python-level ``__getitem__`` calls and a
-collate: on an H200 that took the input path from 2,885 to 3,159 images/s. Sorting turns the
-random batch into a forward sweep over the file; the order inside a batch does not matter to SGD.
+collate. Sorting turns the random batch into a forward sweep over the file; the order inside a batch does not
+matter to SGD.
 
 Batches hold uint8 pixels (4x less to pin and copy than float32); :mod:`cxr_vit.data.gpu_augment` turns
 them into model inputs on the training device. Samplers, sharding, ``set_epoch`` and resume skipping stay

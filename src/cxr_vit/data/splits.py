@@ -1,6 +1,6 @@
 """Patient-wise, label-stratified train/validation/test splits.
 
-An image-wise random split (the seed notebook's ``train_test_split``) puts follow-up studies of the same
+An image-wise random split (e.g. scikit-learn's ``train_test_split`` over images) puts follow-up studies of the same
 patient in train and test and inflates AUC. Here whole patients are assigned to splits with iterative
 stratification (Sechidis et al., 2011) lifted to patients: labels are handled rarest first, and each of a
 label's unassigned patients goes to the split that still wants the most images of that label. sklearn has

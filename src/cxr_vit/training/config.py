@@ -87,9 +87,8 @@ class DataArguments:
 INPUT_PIPELINES = ("cache", "datasets")
 EMA_EVAL = ("ema", "raw", "both")
 LR_BASE_SCALES = ("sqrt", "linear")
-# Per-device batches when none is given. On one H200 (torch 2.11, bf16, the project's field notes) ViT-B/16
-# trained at 2,735 images/s at batch 256 with fused AdamW, against 704 at batch 16; on a CPU a small batch
-# keeps steps short.
+# Per-device batches when none is given: a GPU needs large batches to keep its matrix units busy (small ones
+# leave it waiting on kernel launches); on a CPU a small batch keeps steps short.
 GPU_BATCH_SIZE, CPU_TRAIN_BATCH_SIZE, CPU_EVAL_BATCH_SIZE = 256, 32, 64
 
 
@@ -104,10 +103,9 @@ def scaled_learning_rate(base: float, base_batch_size: int, global_batch_size: i
 def default_num_workers(input_pipeline: str, on_gpu: bool) -> int:
     """DataLoader workers per process that keep a GPU fed without taking cores the model needs.
 
-    Cache workers only copy uint8 batches out of a memory map (~250,000 images/s per core): 4 fed an H200
-    at 3,159 images/s (the project's field notes). ``datasets`` workers decode and augment PNGs (~200
-    images/s per core): they get every core of this process but one. On a CPU the model itself is the
-    bottleneck: no workers.
+    Cache workers only copy uint8 batches out of a memory map, microseconds an image: 4 are plenty.
+    ``datasets`` workers decode and resize PNGs, milliseconds an image: they get every core of this process
+    but one. On a CPU the model itself is the bottleneck: no workers.
     """
     if not on_gpu:
         return 0
@@ -136,8 +134,8 @@ class CXRTrainingArguments(TrainingArguments):
             cache pipeline (its workers only copy uint8 batches out of a memory map), all but one of this
             process's cores for the ``datasets`` pipeline (its workers decode PNGs).
         dataloader_persistent_workers: ``None`` = on whenever there are workers.
-        torch_compile: left off (``--torch_compile true`` compiles the model at the start: +28% images/s for
-            ViT-B/16 on an H200 in the project's field notes).
+        torch_compile: left off (``--torch_compile true`` compiles the model at the start for faster steps
+            afterwards; worth it for runs of more than a few minutes on a GPU).
         logging_nan_inf_filter: ``False``: the filter reads every step's loss on the host, which blocks the
             host on the GPU once per step; the trainer's own non-finite check stops training instead. (Off,
             transformers also keeps non-finite batches in ``eval_loss``, which then shows them as NaN.)
@@ -145,11 +143,10 @@ class CXRTrainingArguments(TrainingArguments):
             pinned memory asynchronously, not with a copy that waits for the previous step to finish.
 
     Parameters of our own:
-        input_pipeline: ``"cache"`` (default) decodes each split once into a uint8 memory-mapped cache, reads a
-            sorted batch per worker call and augments whole batches on the training device; ``"datasets"``
-            decodes and augments each image with PIL in DataLoader workers (``with_transform``). Evaluation
-            inputs are identical on both (timm's eval transform); per CPU core the cache path is ~16x cheaper
-            even with its augmentation on the CPU (``scripts/benchmark.py``).
+        input_pipeline: ``"cache"`` (default) decodes each split once into a uint8 memory-mapped cache and reads
+            a sorted batch per worker call; ``"datasets"`` decodes each image in DataLoader workers
+            (``with_transform``). Both give the device the same uint8 squares, which the same batch transform
+            augments (training) or crops (evaluation), so they train and evaluate alike.
         pos_weight: weight positives per label by the train split's negative/positive ratio in the BCE loss.
         early_stopping_patience: stop after this many evaluations without a better ``auc_macro``.
         lr_base / lr_base_batch_size / lr_base_scale: the learning rate when ``learning_rate`` is not given.

@@ -1,4 +1,4 @@
-"""Throughput of the seed notebook's recipe vs ours: CPU input path, prepare, cache, worker memory, GPU training.
+"""Throughput of a typical notebook recipe vs ours: CPU input path, prepare, cache, worker memory, FLOPs, GPU training.
 
 ``scripts/benchmark.py`` runs :func:`run_benchmark` and prints :func:`format_table`. CPU numbers are measured
 on one thread (``torch.set_num_threads(1)``, ``cv2.setNumThreads(1)``), so they are images/s per core; the
@@ -32,13 +32,14 @@ import yaml
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from . import seed_recipe
-from .data.cache import IMAGES_FILE, ensure_cache, write_cache
-from .data.cached_dataset import CachedImageDataset, collate_batch
-from .data.gpu_augment import BatchImageTransform
-from .data.nih import index_images, multi_hot_matrix, read_labels_csv
-from .data.synthetic import write_synthetic_nih
-from .data.transforms import EvalGeometry, ModelImages, collate_images, eval_geometry
+from ..data.cache import IMAGES_FILE, ensure_cache, write_cache
+from ..data.cached_dataset import CachedImageDataset, collate_batch
+from ..data.gpu_augment import BatchImageTransform
+from ..data.intensity import IntensityAugment
+from ..data.nih import index_images, multi_hot_matrix, read_labels_csv
+from ..data.transforms import EvalGeometry, ModelImages, collate_images, eval_geometry
+from . import notebook_recipe
+from .synthetic import write_synthetic_nih
 
 NOT_MEASURED = "not measured yet"
 MIN_IMAGES = 24  # fewer rows can leave a patient-wise split empty
@@ -180,7 +181,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "timm": timm.__version__,
         "timm_fused_attention": timm.layers.use_fused_attn(),  # F.scaled_dot_product_attention in ViT blocks
-        "seed_decoder": seed_recipe.decoder_name(),
+        "notebook_decoder": notebook_recipe.decoder_name(),
     }
 
 
@@ -191,7 +192,7 @@ def measure_prepare(images_dir: Path, labels_csv: Path, work: Path, image_size: 
     """``prepare_dataset`` wall time (one process) and the prepared splits as one dataset."""
     import datasets
 
-    from .data import prepare_dataset
+    from ..data import prepare_dataset
 
     output = work / "prepared"
     start = time.perf_counter()
@@ -234,16 +235,16 @@ def repeat_cache(source: Path, directory: Path, megabytes: int) -> Path:
 def one_thread() -> Iterator[None]:
     """Per-core numbers: torch and OpenCV on one thread (PIL and NumPy decoding are single-threaded)."""
     threads = torch.get_num_threads()
-    cv2_threads = seed_recipe.cv2.getNumThreads() if seed_recipe.cv2 is not None else None
+    cv2_threads = notebook_recipe.cv2.getNumThreads() if notebook_recipe.cv2 is not None else None
     torch.set_num_threads(1)
-    if seed_recipe.cv2 is not None:
-        seed_recipe.cv2.setNumThreads(1)
+    if notebook_recipe.cv2 is not None:
+        notebook_recipe.cv2.setNumThreads(1)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
-        if seed_recipe.cv2 is not None:
-            seed_recipe.cv2.setNumThreads(cv2_threads)
+        if notebook_recipe.cv2 is not None:
+            notebook_recipe.cv2.setNumThreads(cv2_threads)
 
 
 def interleaved_rates(steps: dict[str, Callable[[], int]], seconds: float, rounds: int = 3) -> dict[str, float]:
@@ -260,16 +261,18 @@ def interleaved_rates(steps: dict[str, Callable[[], int]], seconds: float, round
 
 
 def measure_cpu_pipelines(args, paths, labels, dataset, cache_dir: Path, data_config) -> dict[str, Any]:
-    """Per-core images/s of the seed's per-image path, ours (cache read + batch augmentation), and `datasets`."""
+    """Per-core images/s: the notebook recipe's per-image path, ours (cache read + batch augmentation), `datasets`."""
     rng = np.random.default_rng(0)
-    seed_dataset = seed_recipe.SeedDataset(paths, labels, seed_recipe.seed_transform(args.image_size))
-    seed_order = itertools.cycle(range(len(seed_dataset)))
+    notebook_dataset = notebook_recipe.NotebookDataset(
+        paths, labels, notebook_recipe.notebook_transform(args.image_size)
+    )
+    notebook_order = itertools.cycle(range(len(notebook_dataset)))
     cached = CachedImageDataset(cache_dir)
-    transform = BatchImageTransform(data_config)
+    transform = BatchImageTransform(data_config, intensity=IntensityAugment())  # train.py's default recipe
     hf_view = dataset.with_transform(ModelImages(eval_geometry(data_config)))
 
-    def seed_step() -> int:
-        seed_dataset[next(seed_order)]
+    def notebook_step() -> int:
+        notebook_dataset[next(notebook_order)]
         return 1
 
     def batch_indices() -> list[int]:
@@ -284,21 +287,21 @@ def measure_cpu_pipelines(args, paths, labels, dataset, cache_dir: Path, data_co
         return args.cpu_batch_size
 
     def datasets_step() -> int:
-        indices = rng.integers(0, len(hf_view), seed_recipe.SEED_BATCH_SIZE).tolist()
+        indices = rng.integers(0, len(hf_view), notebook_recipe.NOTEBOOK_BATCH_SIZE).tolist()
         collate_images(hf_view.__getitems__(indices))
         return len(indices)
 
-    steps = {"seed": seed_step, "ours": ours_step, "ours_read_only": read_step, "datasets_path": datasets_step}
+    steps = {"notebook": notebook_step, "ours": ours_step, "ours_read_only": read_step, "datasets_path": datasets_step}
     with one_thread():
         rates = interleaved_rates(steps, args.cpu_seconds)
     return {
-        "seed_img_per_s": rates["seed"],
+        "notebook_img_per_s": rates["notebook"],
         "ours_img_per_s": rates["ours"],
         "ours_read_only_img_per_s": rates["ours_read_only"],
         "datasets_path_img_per_s": rates["datasets_path"],
-        "speedup": rates["ours"] / rates["seed"],
-        "speedup_read_only": rates["ours_read_only"] / rates["seed"],
-        "seed_decoder": seed_recipe.decoder_name(),
+        "speedup": rates["ours"] / rates["notebook"],
+        "speedup_read_only": rates["ours_read_only"] / rates["notebook"],
+        "notebook_decoder": notebook_recipe.decoder_name(),
         "png_kb_mean": float(np.mean([Path(path).stat().st_size for path in paths]) / 1024),
         "threads": 1,
     }
@@ -371,7 +374,7 @@ def measure_worker_memory(cache_dir: Path, num_workers: int = 2) -> dict[str, An
 
 
 GPU_KEYS = (
-    "seed_end_to_end_img_per_s",
+    "notebook_end_to_end_img_per_s",
     "ours_model_only_img_per_s",
     "ours_plain_loop_img_per_s",
     "ours_end_to_end_img_per_s",
@@ -408,27 +411,31 @@ def _timed_steps(step: Callable[[Any], int], batches: Iterator, warmup: int, ste
 
 
 def measure_gpu(args: BenchmarkArguments, paths, labels, cache_dir: Path, device: str = "cuda") -> dict[str, Any]:
-    """Seed recipe vs our recipe in a plain training loop on one device: images/s end to end and model-only.
+    """The notebook recipe vs ours in a plain training loop on one device: images/s end to end and model-only.
 
     The plain loop shows what the recipe reaches without the Trainer around it; :func:`measure_train_script`
     times the real script. Meant for CUDA; ``device="cpu"`` runs the same code (tests use a tiny model).
     """
-    from .modeling import create_model, data_config
+    from ..modeling import create_model, data_config
 
     device = torch.device(device)
     on_cuda = device.type == "cuda"
     name = torch.cuda.get_device_name(device) if on_cuda else platform.processor() or "cpu"
     results: dict[str, Any] = {"device": name, "status": "measured"}
 
-    # -- the seed recipe: fp32, batch 16, Adam, cv2 + PIL transforms in the main process
+    # -- the notebook recipe: fp32, batch 16, Adam, cv2 + PIL transforms in the main process
     model = timm.create_model(args.model_name, pretrained=False, num_classes=15, img_size=args.image_size)
     model = model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=seed_recipe.SEED_LEARNING_RATE)
+    optimizer = torch.optim.Adam(model.parameters(), lr=notebook_recipe.NOTEBOOK_LEARNING_RATE)
     criterion = torch.nn.BCEWithLogitsLoss()
-    seed_dataset = seed_recipe.SeedDataset(paths, labels, seed_recipe.seed_transform(args.image_size))
-    seed_loader = DataLoader(seed_dataset, batch_size=seed_recipe.SEED_BATCH_SIZE, shuffle=True, drop_last=True)
+    notebook_dataset = notebook_recipe.NotebookDataset(
+        paths, labels, notebook_recipe.notebook_transform(args.image_size)
+    )
+    notebook_loader = DataLoader(
+        notebook_dataset, batch_size=notebook_recipe.NOTEBOOK_BATCH_SIZE, shuffle=True, drop_last=True
+    )
 
-    def seed_step(batch) -> int:
+    def notebook_step(batch) -> int:
         images, targets = batch
         loss = criterion(model(images.to(device)), targets.to(device))
         optimizer.zero_grad()
@@ -436,7 +443,9 @@ def measure_gpu(args: BenchmarkArguments, paths, labels, cache_dir: Path, device
         optimizer.step()
         return len(images)
 
-    results["seed_end_to_end_img_per_s"] = _timed_steps(seed_step, _forever(seed_loader), 2, args.gpu_steps, device)
+    results["notebook_end_to_end_img_per_s"] = _timed_steps(
+        notebook_step, _forever(notebook_loader), 2, args.gpu_steps, device
+    )
     del model, optimizer
     if on_cuda:
         torch.cuda.empty_cache()
@@ -445,7 +454,7 @@ def measure_gpu(args: BenchmarkArguments, paths, labels, cache_dir: Path, device
     model = create_model(args.model_name, pretrained=False, image_size=args.image_size).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05, fused=True)
     forward = torch.compile(model) if args.torch_compile else model
-    transform = BatchImageTransform(data_config(model))
+    transform = BatchImageTransform(data_config(model), intensity=IntensityAugment())
 
     def our_step(batch: dict[str, torch.Tensor]) -> int:
         pixels = transform(batch["pixel_values"].to(device, non_blocking=True), training=True)
@@ -564,22 +573,22 @@ def format_table(results: dict[str, Any]) -> str:
     compiled = "torch.compile" if settings["torch_compile"] else "eager"
     rows = [
         (
-            "CPU, seed (per core)",
-            f"{cpu['seed_decoder']} decode of a {source} PNG (~{cpu['png_kb_mean']:.0f} KB) + "
+            "CPU, notebook recipe (per core)",
+            f"{cpu['notebook_decoder']} decode of a {source} PNG (~{cpu['png_kb_mean']:.0f} KB) + "
             "ToPILImage/Resize/flip/RandomRotation/ToTensor/Normalize",
-            _number(cpu["seed_img_per_s"], " img/s"),
+            _number(cpu["notebook_img_per_s"], " img/s"),
         ),
         (
             "CPU, ours (per core)",
             f"sorted batch read from the uint8 memmap cache + batch augmentation on the CPU "
-            f"(crop/rotate/shift grid_sample, 3 channels, normalise) to a {size} px float batch of "
+            f"(crop/rotate/shift grid_sample, intensity, 3 channels, normalise) to a {size} px float batch of "
             f"{settings['cpu_batch_size']}",
-            f"{_number(cpu['ours_img_per_s'], ' img/s')} ({cpu['speedup']:.0f}x seed)",
+            f"{_number(cpu['ours_img_per_s'], ' img/s')} ({cpu['speedup']:.0f}x the notebook)",
         ),
         (
             "CPU, ours, read only (per core)",
             "what a DataLoader worker does when the GPU augments: the sorted uint8 batch read",
-            f"{_number(cpu['ours_read_only_img_per_s'], ' img/s')} ({cpu['speedup_read_only']:.0f}x seed)",
+            f"{_number(cpu['ours_read_only_img_per_s'], ' img/s')} ({cpu['speedup_read_only']:.0f}x the notebook)",
         ),
         (
             "CPU, `datasets` path (per core)",
@@ -622,9 +631,9 @@ def format_table(results: dict[str, Any]) -> str:
     gpu_name = gpu["device"] or "GPU"
     rows += [
         (
-            f"{gpu_name}, seed end to end",
+            f"{gpu_name}, notebook recipe end to end",
             "fp32, batch 16, Adam, cv2 + PIL per image, num_workers=0",
-            _number(gpu["seed_end_to_end_img_per_s"], " img/s"),
+            _number(gpu["notebook_end_to_end_img_per_s"], " img/s"),
         ),
         (
             f"{gpu_name}, ours model only",

@@ -1,4 +1,4 @@
-"""The seed notebook's training recipe, kept verbatim as the benchmark's baseline (not used for training).
+"""A typical notebook recipe, the benchmark's baseline (not used for training).
 
 Per image: ``cv2.imread`` of the 1024x1024 PNG as 3-channel BGR, ``cvtColor`` to RGB, then torchvision's
 ``ToPILImage, Resize((224, 224)), RandomHorizontalFlip, RandomRotation(20), ToTensor, Normalize(ImageNet)``;
@@ -24,12 +24,12 @@ except ImportError:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SEED_BATCH_SIZE = 16
-SEED_LEARNING_RATE = 1e-4
-SEED_MODEL_NAME = "vit_base_patch16_224"
+NOTEBOOK_BATCH_SIZE = 16
+NOTEBOOK_LEARNING_RATE = 1e-4
+NOTEBOOK_MODEL_NAME = "vit_base_patch16_224"
 
 
-def seed_transform(size: int = 224) -> transforms.Compose:
+def notebook_transform(size: int = 224) -> transforms.Compose:
     """The notebook's train transform."""
     return transforms.Compose(
         [
@@ -55,7 +55,7 @@ def read_rgb(path: str | os.PathLike) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-class SeedDataset(Dataset):
+class NotebookDataset(Dataset):
     """The notebook's ``ChestXRayDataset``: (image tensor, multi-hot labels) per PNG path."""
 
     def __init__(self, paths: Sequence[str | os.PathLike], labels: np.ndarray, transform: transforms.Compose):
