@@ -18,8 +18,8 @@ import sys
 
 from transformers import HfArgumentParser
 
-from cxr_vit.data import NIHDataError, PrepareArguments, describe_missing_positives, ensure_prepared
-from cxr_vit.hub import HubAccessError, check_push_access, push_dataset
+from cxr_vit import HubAccessError, NIHDataError, PrepareArguments, check_push_access, ensure_prepared, push_dataset
+from cxr_vit.data import describe_missing_positives
 
 
 def main(args: PrepareArguments) -> int:

@@ -14,108 +14,32 @@ Any option can be given as a flag (it overrides the YAML file); see --help.
 
 import logging
 import os
-from collections.abc import Callable
 
-import datasets
 import transformers
 from transformers import EarlyStoppingCallback, set_seed
 
-from cxr_vit.constants import TRAINING_CURVES_NAME
-from cxr_vit.data import (
-    NIHDataError,
-    check_prepared_features,
-    describe_missing_positives,
-    ensure_prepared,
-    labels_without_positives,
-    load_chestxray14,
-    positive_counts,
-)
-from cxr_vit.data.cache import default_cache_dir, ensure_cache
-from cxr_vit.data.cached_dataset import CachedImageDataset, collate_batch
-from cxr_vit.data.gpu_augment import BatchImageTransform
-from cxr_vit.data.intensity import IntensityAugment
-from cxr_vit.data.transforms import ModelImages, collate_images, eval_geometry
-from cxr_vit.hub import HubAccessError, check_push_access, push_model, write_model_card
-from cxr_vit.metrics import compute_metrics
-from cxr_vit.modeling import ModelArguments, PretrainedWeightsUnavailable, create_model, data_config
-from cxr_vit.pretrained import CheckpointLoadError
-from cxr_vit.training import (
+from cxr_vit import (
     CXRTrainingArguments,
     DataArguments,
+    HubAccessError,
+    ModelArguments,
     MultiLabelTrainer,
+    NIHDataError,
+    check_push_access,
+    create_model,
     parse_args,
-    plot_training_curves,
-    positive_weights,
-    save_run_args,
+    push_model,
 )
+from cxr_vit.constants import TRAINING_CURVES_NAME
+from cxr_vit.hub import write_model_card
+from cxr_vit.metrics import compute_metrics
+from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
+from cxr_vit.pretrained import CheckpointLoadError
+from cxr_vit.training import plot_training_curves, positive_weights, save_run_args
 from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
+from cxr_vit.training.inputs import input_datasets, load_splits
 
 logger = logging.getLogger("train")
-
-
-def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -> dict[str, datasets.Dataset]:
-    if data_args.images_dir:
-        with training_args.main_process_first(desc="prepare dataset"):
-            ensure_prepared(
-                data_args.dataset_name,
-                data_args.images_dir,
-                data_args.labels_csv,
-                overwrite=data_args.overwrite_prepared,
-                config=data_args.prepare_config,
-                image_size=data_args.prepare_image_size,
-                split_seed=data_args.split_seed,
-                train_val_list=data_args.train_val_list,
-                test_list=data_args.test_list,
-            )
-    dataset = load_chestxray14(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
-    wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
-    splits = {}
-    for role, name in wanted.items():
-        if name is None:
-            continue
-        if name not in dataset:
-            raise NIHDataError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
-        check_prepared_features(dataset[name], f"{data_args.dataset_name}[{name}]")
-        limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
-        splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]
-    missing = labels_without_positives(positive_counts(splits))
-    if missing:
-        logger.warning(
-            "labels without a positive image in some split (no AUC there, left out of its macro): %s",
-            describe_missing_positives(missing),
-        )
-    return splits
-
-
-def input_datasets(
-    splits: dict[str, datasets.Dataset],
-    data_args: DataArguments,
-    training_args: CXRTrainingArguments,
-    model_data_config: dict,
-) -> tuple[dict, Callable, BatchImageTransform]:
-    """Per-role datasets of uint8 squares, their collator, and the batch transform the Trainer runs on the device.
-
-    Both pipelines feed the same squares (:func:`cxr_vit.data.transforms.resize_for_model`) to the same device
-    transform, so they train and evaluate identically. cache: each split decoded once into a uint8 memmap (built
-    by the main process, reused while it matches), read a sorted batch at a time. datasets: decoded per image in
-    the DataLoader workers.
-    """
-    geometry = eval_geometry(model_data_config)
-    intensity = IntensityAugment.from_args(
-        training_args.aug_ops, training_args.aug_magnitude, training_args.aug_num_ops
-    )
-    batch_transform = BatchImageTransform(model_data_config, intensity=intensity)
-    if training_args.input_pipeline == "datasets":
-        squares = ModelImages(geometry)
-        return {role: split.with_transform(squares) for role, split in splits.items()}, collate_images, batch_transform
-    cached = {}
-    with training_args.main_process_first(desc="image cache"):
-        for role, split in splits.items():
-            split_name = getattr(data_args, f"{role}_split")
-            directory = default_cache_dir(data_args.dataset_name, split_name, geometry, data_args.image_cache_dir)
-            cached[role] = CachedImageDataset(ensure_cache(split, directory, geometry))
-            logger.info("%s: %d images cached at %d px in %s", role, len(split), geometry.resize_size, directory)
-    return cached, collate_batch, batch_transform
 
 
 def main(model_args: ModelArguments, data_args: DataArguments, training_args: CXRTrainingArguments) -> None:

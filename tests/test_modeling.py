@@ -66,3 +66,16 @@ def test_image_size_and_timm_kwargs_reach_the_backbone():
     assert len(model.timm_model.blocks) == 2
     assert tuple(model.config.pretrained_cfg["input_size"]) == (3, 96, 96)
     assert model(pixel_values=torch.randn(1, 3, 96, 96)).logits.shape == (1, 15)
+
+
+def test_the_public_api_resolves_every_name_it_lists():
+    import subprocess
+    import sys
+
+    import cxr_vit
+
+    for name in cxr_vit.__all__:
+        assert getattr(cxr_vit, name) is not None, name
+    # A light import stays light: the constants without torch, transformers or datasets.
+    code = "import sys, cxr_vit.constants; print(any(m in sys.modules for m in ('torch', 'transformers', 'datasets')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

@@ -9,13 +9,11 @@ import datasets
 import pandas as pd
 import pytest
 from conftest import MINI_IMAGES, MINI_KAGGLE_CSV, REPO
-from inference_helpers import load_script
 from PIL import Image
 
 from cxr_vit.data import StalePreparedDataError, ensure_prepared
 from cxr_vit.training import CXRTrainingArguments, DataArguments
-
-train_script = load_script(REPO / "scripts" / "train.py")
+from cxr_vit.training.inputs import load_splits
 
 
 def prepared_ids(folder) -> dict[str, list[str]]:
@@ -101,12 +99,12 @@ def test_the_split_does_not_follow_the_training_seed(tmp_path):
         data_args = DataArguments(dataset_name=str(tmp_path / f"seed{seed}"), images_dir=str(images),
                                   labels_csv=str(csv))  # fmt: skip
         training_args = CXRTrainingArguments(output_dir=str(tmp_path / "out"), seed=seed, report_to="none")
-        train_script.load_splits(data_args, training_args)
+        load_splits(data_args, training_args)
         splits[seed] = prepared_ids(tmp_path / f"seed{seed}")
     assert splits[1] == splits[2]
     other = DataArguments(dataset_name=str(tmp_path / "split7"), images_dir=str(images), labels_csv=str(csv),
                           split_seed=7)  # fmt: skip
-    train_script.load_splits(other, training_args)
+    load_splits(other, training_args)
     assert prepared_ids(tmp_path / "split7") != splits[1]
 
 
@@ -126,7 +124,7 @@ def test_labels_without_positives_are_named_at_prepare_train_and_in_the_card(sma
     caplog.clear()
     data_args = DataArguments(dataset_name=str(out))
     with caplog.at_level(logging.WARNING):
-        train_script.load_splits(data_args, CXRTrainingArguments(output_dir=str(tmp_path / "o"), report_to="none"))
+        load_splits(data_args, CXRTrainingArguments(output_dir=str(tmp_path / "o"), report_to="none"))
     assert "labels without a positive image in some split" in caplog.text
     assert f"{label} (train {counts['train']}, eval {counts['validation']}, test {counts['test']})" in caplog.text
 
@@ -142,7 +140,7 @@ def test_train_script_prepares_the_official_split_from_its_lists(small_nih, tmp_
                               prepare_config="full", train_val_list=str(tmp_path / "train_val_list.txt"),
                               test_list=str(tmp_path / "test_list.txt"))  # fmt: skip
     training_args = CXRTrainingArguments(output_dir=str(tmp_path / "out"), report_to="none")
-    splits = train_script.load_splits(data_args, training_args)
+    splits = load_splits(data_args, training_args)
     assert sorted(splits["test"]["image_id"]) == test_names
     record = json.loads((tmp_path / "official" / "prepare.json").read_text())
     assert record["parameters"]["config"] == "full" and record["inputs"]["test_list"]["sha256"]
