@@ -1,0 +1,122 @@
+"""The evaluation report's reporting-standard sections: subgroups, calibration, localization and the checklist.
+One evaluate.py run of a tiny random-init model on the prepared mini set with the release's boxes of the bundled
+films serves most tests."""
+
+import json
+
+import datasets
+import pytest
+from conftest import REPO, TEST_DATA
+from inference_helpers import load_script, save_tiny_model
+from PIL import Image
+
+from cxr_vit.calibration import calibration_report
+from cxr_vit.constants import LABELS
+from cxr_vit.evaluation import evaluate_model, report_markdown, weights_fingerprint, write_report
+from cxr_vit.explainers import DEFAULT_EXPLAINER
+from cxr_vit.localization import read_bbox_csv
+from cxr_vit.modeling import timm_state_dict
+from cxr_vit.prediction import load_model
+
+MINI_BOXES = TEST_DATA / "bbox_nih_mini.csv"  # the release's 9 boxes on films of the bundled mini set, verbatim
+evaluate_script = load_script(REPO / "scripts" / "evaluate.py")
+
+
+@pytest.fixture(scope="module")
+def evaluated(prepared_mini, tmp_path_factory):
+    """A tiny model folder evaluated into <model>/evaluation with --bbox_csv: (model_dir, report)."""
+    model = save_tiny_model(tmp_path_factory.mktemp("evaluated") / "model")
+    args = ["--model", str(model), "--dataset_name", str(prepared_mini), "--output_dir", str(model / "evaluation")]
+    assert evaluate_script.main([*args, "--n_bootstrap", "20", "--bbox_csv", str(MINI_BOXES)]) == 0
+    return model, json.loads((model / "evaluation" / "report.json").read_text())
+
+
+def test_subgroups_are_reported_from_the_split_metadata(evaluated, prepared_mini):
+    model, report = evaluated
+    test = datasets.load_dataset(str(prepared_mini), split="test")
+    subgroups = report["subgroups"]
+    assert subgroups["available"] and subgroups["missing_columns"] == []
+    assert list(subgroups["attributes"]) == ["sex", "age", "view_position"]
+    for section in subgroups["attributes"].values():
+        assert sum(group["n_images"] for group in section["groups"].values()) + section["unassigned"] == len(test)
+    assert subgroups["attributes"]["sex"]["groups"]["M"]["n_images"] == sum(s == "M" for s in test["sex"])
+    assert subgroups["settings"]["thresholds"] == report["thresholds"]  # the validation-chosen ones
+    markdown = (model / "evaluation" / "report.md").read_text()
+    assert "## Subgroup analysis" in markdown and "### View position" in markdown
+    assert "![Subgroup macro AUCs](subgroup_forest.png)" in markdown
+    assert Image.open(model / "evaluation" / "subgroup_forest.png").size[0] >= 700
+
+
+def test_calibration_section_matches_the_building_block(evaluated, prepared_mini):
+    model, report = evaluated
+    test = datasets.load_dataset(str(prepared_mini), split="test")
+    from cxr_vit.inference import Classifier
+
+    probabilities, targets = Classifier(load_model(model), device="cpu").predict_dataset(test, progress=False)
+    expected = calibration_report(probabilities, targets)
+    section = report["calibration"]
+    assert section["uncalibrated"] is None and section["scaling"] is None  # a plain model: one set of figures
+    assert section["model"]["ece_macro"] == pytest.approx(expected["ece_macro"], abs=1e-9)
+    for label in LABELS:
+        assert section["model"]["labels"][label]["brier"] == pytest.approx(expected["labels"][label]["brier"])
+    markdown = (model / "evaluation" / "report.md").read_text()
+    assert "## Calibration" in markdown and "15 equal-width bins" in markdown and "not temperature-scaled" in markdown
+    assert Image.open(model / "evaluation" / "reliability_diagram.png").size[0] >= 1000
+
+
+def test_localization_scores_the_release_boxes_on_the_split(evaluated, prepared_mini):
+    model, report = evaluated
+    test_ids = set(datasets.load_dataset(str(prepared_mini), split="test")["image_id"])
+    boxes = read_bbox_csv(MINI_BOXES)
+    localization = report["localization"]
+    assert localization["explainer"] == DEFAULT_EXPLAINER and localization["explainer_choice"] == "the default"
+    assert localization["n_boxes_in_file"] == 9
+    assert localization["n_boxes_scored"] == boxes["image_id"].isin(test_ids).sum() == 2
+    assert localization["overall"]["n_boxes"] == 2 and 0 < localization["overall"]["chance_pointing"] < 1
+    assert set(localization["overall"]["iou_accuracy"]) == {"0.1", "0.2", "0.3", "0.4", "0.5", "0.6", "0.7"}
+    markdown = (model / "evaluation" / "report.md").read_text()
+    assert "## Localization" in markdown and "Table 4" in markdown and "Table 19" not in markdown
+    # the reporting checklist names what this run computed, localization included
+    topics = [item["topic"] for item in report["checklist"]]
+    assert any("subgroups" in topic for topic in topics) and any("saliency" in topic for topic in topics)
+    assert "CLAIM 2024" in markdown and "TRIPOD+AI" in markdown
+
+
+def test_without_metadata_or_boxes_the_report_says_what_is_missing(prepared_mini, tmp_path):
+    """A dataset from another publisher without sex/age/view: "not available", no forest plot, no subgroup items."""
+    splits = datasets.load_dataset(str(prepared_mini))
+    bare = splits["test"].remove_columns(["sex", "age", "view_position"])
+    model = load_model(save_tiny_model(tmp_path / "model"))
+    evaluation = evaluate_model(model, bare, splits["validation"], n_bootstrap=5, device="cpu")
+    report = evaluation.report
+    assert report["subgroups"]["available"] is False and "sex, age, view_position" in report["subgroups"]["reason"]
+    assert "localization" not in report
+    topics = " ".join(item["topic"] for item in report["checklist"])
+    assert "calibration" in topics and "subgroups" not in topics and "saliency" not in topics
+    assert "## Subgroup analysis\n\nNot available: the evaluated split has none of the columns" in report_markdown(
+        report
+    )
+    paths = write_report(evaluation, tmp_path / "report")
+    assert "subgroup_forest.png" not in paths and not (tmp_path / "report" / "subgroup_forest.png").exists()
+    assert report["model_fingerprint"] == weights_fingerprint(timm_state_dict(model.state_dict()))
+
+
+@pytest.mark.parametrize(
+    ("row", "message"),
+    [
+        ("00000001_000.png,Fracture,1,2,3,4", "unknown finding 'Fracture'"),
+        ("00000001_000.png,Mass,1,2,-3,4", "positive width"),
+    ],
+)
+def test_a_bad_box_list_is_an_error_before_any_inference(evaluated, prepared_mini, tmp_path, capsys, row, message):
+    model, _ = evaluated
+    boxes = tmp_path / "BBox_List_2017.csv"
+    boxes.write_text(MINI_BOXES.read_text() + row + "\n")
+    args = ["--model", str(model), "--dataset_name", str(prepared_mini), "--output_dir", str(tmp_path / "r")]
+    assert evaluate_script.main([*args, "--bbox_csv", str(boxes)]) == 2
+    error = capsys.readouterr().err
+    assert f"error: {boxes}: 1 bad row(s):\n  line 11 (00000001_000.png): " in error and message in error
+    assert "Traceback" not in error
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit):  # --explainer without --bbox_csv: argparse's usage error
+        evaluate_script.main([*args, "--explainer", "gradcam"])
