@@ -1,16 +1,21 @@
-"""The evaluation report's reporting-standard sections: subgroups, calibration, localization and the checklist.
-One evaluate.py run of a tiny random-init model on the prepared mini set with the release's boxes of the bundled
-films serves most tests."""
+"""The evaluation report's reporting-standard sections: subgroups, calibration, localization, the checklist, and the
+model card and Hub push that carry them. One evaluate.py run of a tiny random-init model on the prepared mini set
+with the release's boxes of the bundled films serves most tests."""
 
 import json
+import shutil
 
 import datasets
+import numpy as np
 import pytest
+import yaml
 from conftest import REPO, TEST_DATA
+from hub_server import HubServer, point_hf_clients_at
 from inference_helpers import load_script, save_tiny_model
 from PIL import Image
 
 from cxr_vit.calibration import calibration_report
+from cxr_vit.cards import ReportMismatchError, find_report, render_model_card, template_path
 from cxr_vit.constants import LABELS
 from cxr_vit.evaluation import evaluate_model, report_markdown, weights_fingerprint, write_report
 from cxr_vit.explainers import DEFAULT_EXPLAINER
@@ -120,3 +125,57 @@ def test_a_bad_box_list_is_an_error_before_any_inference(evaluated, prepared_min
     assert not (tmp_path / "r").exists()
     with pytest.raises(SystemExit):  # --explainer without --bbox_csv: argparse's usage error
         evaluate_script.main([*args, "--explainer", "gradcam"])
+
+
+# ---- the model card and the Hub ------------------------------------------------------------------------------
+
+
+def test_templates_come_from_this_checkout():
+    assert template_path("model_card") == str(REPO / "model_card" / "README.md")
+
+
+def test_the_card_shows_the_report_beside_the_weights(evaluated):
+    model, report = evaluated
+    card = str(render_model_card(model))
+    assert "## Evaluation report" in card and "[evaluation/report.md](evaluation/report.md)" in card
+    assert f"split `test` of `{report['dataset']}`" in card and "selected on the validation split only" in card
+    assert f"ECE {report['calibration']['model']['ece_macro']:.3f}" in card
+    assert "| Sex | F |" in card and "| View position | AP |" in card and "| Age (years) | 80+ |" in card
+    assert "pointing game" in card and DEFAULT_EXPLAINER in card
+    assert "**Subgroups**" in card and "**Calibration**" in card  # the limitations name both caveats
+    assert yaml.safe_load(card.split("---")[1])["library_name"] == "transformers"
+
+
+def test_a_report_of_other_weights_is_not_used(evaluated, tmp_path, caplog):
+    model, _ = evaluated
+    retrained = tmp_path / "model"
+    save_tiny_model(retrained, seed=1)  # the same folder layout, other weights: e.g. trained again in place
+    shutil.copytree(model / "evaluation", retrained / "evaluation")
+    assert find_report(retrained) is None and "fingerprints differ" in caplog.text
+    assert "## Evaluation report" not in str(render_model_card(retrained))
+    with pytest.raises(ReportMismatchError, match="describes other weights"):
+        find_report(retrained, retrained / "evaluation")
+    with pytest.raises(ReportMismatchError, match="no report.json there"):
+        find_report(retrained, tmp_path / "nowhere")
+
+
+def test_push_to_hub_uploads_the_report_with_the_card(evaluated, tmp_path, monkeypatch, capsys):
+    from huggingface_hub import HfApi, hf_hub_download
+
+    model, _ = evaluated
+    main = load_script(REPO / "scripts" / "push_to_hub.py").main
+    with HubServer(tmp_path / "hub") as hub:
+        point_hf_clients_at(hub.endpoint, monkeypatch, token=hub.token, cache_dir=tmp_path / "hf-home")
+        assert main(["--model_dir", str(model), "--repo_id", "test-user/cxr-reported"]) == 0
+        files = set(HfApi().list_repo_files("test-user/cxr-reported"))
+        card = open(hf_hub_download("test-user/cxr-reported", "README.md")).read()
+        assert main(["--model_dir", str(model), "--repo_id", "x", "--report", str(tmp_path / "none")]) == 2
+    assert {"evaluation/report.json", "evaluation/report.md", "evaluation/thresholds.json"} <= files
+    assert {
+        "evaluation/reliability_diagram.png",
+        "evaluation/subgroup_forest.png",
+        "evaluation/roc_curves.png",
+    } <= files
+    assert "## Evaluation report" in card and "| Sex | M |" in card
+    assert "--report" in capsys.readouterr().err
+    assert np.isfinite(json.loads((model / "evaluation" / "report.json").read_text())["auc_macro"]["value"])
