@@ -17,7 +17,7 @@ from PIL import Image
 from cxr_vit.calibration import calibration_report
 from cxr_vit.cards import ReportMismatchError, find_report, render_model_card, template_path
 from cxr_vit.constants import LABELS
-from cxr_vit.evaluation import evaluate_model, report_markdown, weights_fingerprint, write_report
+from cxr_vit.evaluation import weights_fingerprint
 from cxr_vit.explainers import DEFAULT_EXPLAINER
 from cxr_vit.localization import read_bbox_csv
 from cxr_vit.modeling import timm_state_dict
@@ -87,23 +87,28 @@ def test_localization_scores_the_release_boxes_on_the_split(evaluated, prepared_
     assert "CLAIM 2024" in markdown and "TRIPOD+AI" in markdown
 
 
-def test_without_metadata_or_boxes_the_report_says_what_is_missing(prepared_mini, tmp_path):
-    """A dataset from another publisher without sex/age/view: "not available", no forest plot, no subgroup items."""
-    splits = datasets.load_dataset(str(prepared_mini))
-    bare = splits["test"].remove_columns(["sex", "age", "view_position"])
-    model = load_model(save_tiny_model(tmp_path / "model"))
-    evaluation = evaluate_model(model, bare, splits["validation"], n_bootstrap=5, device="cpu")
-    report = evaluation.report
+def test_without_metadata_or_image_ids_the_report_says_what_is_missing(evaluated, prepared_mini, tmp_path, capsys):
+    """A dataset from another publisher, Parquet without sex/age/view and file names: subgroups "not available",
+    no forest plot, no subgroup items in the checklist; --bbox_csv then has nothing to match and says so."""
+    model, _ = evaluated
+    bare = tmp_path / "bare"
+    for split, rows in datasets.load_dataset(str(prepared_mini)).items():
+        rows.remove_columns(["sex", "age", "view_position", "image_id"]).to_parquet(bare / "data" / f"{split}.parquet")
+    out = tmp_path / "report"
+    args = ["--model", str(model), "--dataset_name", str(bare), "--output_dir", str(out), "--n_bootstrap", "5"]
+    assert evaluate_script.main(args) == 0
+    assert "subgroups: not available: the evaluated split has none of the columns" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
     assert report["subgroups"]["available"] is False and "sex, age, view_position" in report["subgroups"]["reason"]
-    assert "localization" not in report
+    assert "localization" not in report and not (out / "subgroup_forest.png").exists()
     topics = " ".join(item["topic"] for item in report["checklist"])
     assert "calibration" in topics and "subgroups" not in topics and "saliency" not in topics
-    assert "## Subgroup analysis\n\nNot available: the evaluated split has none of the columns" in report_markdown(
-        report
-    )
-    paths = write_report(evaluation, tmp_path / "report")
-    assert "subgroup_forest.png" not in paths and not (tmp_path / "report" / "subgroup_forest.png").exists()
-    assert report["model_fingerprint"] == weights_fingerprint(timm_state_dict(model.state_dict()))
+    markdown = (out / "report.md").read_text()
+    assert "## Subgroup analysis\n\nNot available: the evaluated split has none of the columns" in markdown
+    assert report["model_fingerprint"] == weights_fingerprint(timm_state_dict(load_model(model).state_dict()))
+
+    assert evaluate_script.main([*args, "--bbox_csv", str(MINI_BOXES)]) == 2
+    assert "error: --bbox_csv: split 'test' of" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
