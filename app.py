@@ -1,11 +1,14 @@
-"""Gradio demo: upload a chest X-ray (PNG, JPEG, TIFF or DICOM), see the 15 label probabilities, positives, Grad-CAM.
+"""Gradio demo: upload a chest X-ray (PNG, JPEG, TIFF or DICOM), see the 15 label probabilities, positives, heatmaps.
 
-    python app.py --model outputs/quickstart            # http://127.0.0.1:7860
+    python app.py --model outputs/quickstart [--explainer grad_rollout|gradcam|rollout]   # http://127.0.0.1:7860
     CXR_VIT_MODEL=you/cxr-vit-base python app.py        # a Hugging Face Space: set the variable, keep app.py
 
 Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, which Gradio reads when --host and
 --port are not given. Positives use the per-label thresholds that scripts/evaluate.py stored in the model's
-config.json (0.5 when there are none; the page says which). Research demo, not for clinical use.
+config.json (0.5 when there are none; the page says which). Heatmaps come from the explainer registry that the
+evaluation report scores (cxr_vit.explainers): --explainer, else the default, else gradcam where the model's family
+needs it; a model no explainer supports is served without heatmaps, and the page says why. Research demo, not for
+clinical use.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from PIL import Image
 
 from cxr_vit.constants import LABELS
 from cxr_vit.data.images import XrayReadError, xray_size
+from cxr_vit.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import ModelLoadError, Predictor, UnreadableImageError, read_image
 
 MODEL_ENV = "CXR_VIT_MODEL"
@@ -34,8 +38,8 @@ NOTICE = (
 CSS = "#notice { background: #fff4e5; border: 1px solid #f0a020; border-radius: 8px; padding: 4px 14px; }"
 
 
-def analyse(predictor: Predictor, path: str | None) -> tuple[dict[str, float], str, Image.Image]:
-    """One upload -> (label probabilities, positives as Markdown, heatmap panel); gr.Error for bad uploads."""
+def analyse(predictor: Predictor, path: str | None) -> tuple[dict[str, float], str, Image.Image | None]:
+    """One upload -> (label probabilities, positives as Markdown, heatmap panel or None); gr.Error for bad uploads."""
     if not path:
         raise gr.Error("Upload a chest X-ray (PNG, JPEG, TIFF or DICOM).")
     name = Path(path).name
@@ -53,7 +57,8 @@ def analyse(predictor: Predictor, path: str | None) -> tuple[dict[str, float], s
     except UnreadableImageError as err:
         reason = str(err).split(": ", 1)[-1]  # the reader's reason, without the server's temporary path
         raise gr.Error(f"{name} could not be decoded ({reason}).") from err
-    prediction = predictor.predict([image], heatmap_top_k=HEATMAP_TOP_K)[0]
+    top_k = HEATMAP_TOP_K if predictor.explainer is not None else 0
+    prediction = predictor.predict([image], heatmap_top_k=top_k)[0]
     probabilities = {label: float(p) for label, p in zip(LABELS, prediction.probabilities, strict=True)}
     return probabilities, positives_markdown(predictor, probabilities), prediction.heatmap
 
@@ -68,6 +73,16 @@ def positives_markdown(predictor: Predictor, probabilities: dict[str, float]) ->
     ]
     body = "\n".join(lines) if lines else "None of the 15 labels reaches its threshold."
     return f"### Positive at the stored thresholds\n{body}\n\n<small>{predictor.thresholds_source}</small>"
+
+
+def heatmap_label(predictor: Predictor) -> str:
+    """What the heatmap panel shows: which explainer and why, or why there is none."""
+    if predictor.explainer is None:
+        return f"No heatmaps for this model ({predictor.explainer_source})"
+    return (
+        f"Heatmaps ({predictor.explainer}, {predictor.explainer_source}): where the model looked for its top "
+        f"{HEATMAP_TOP_K} findings"
+    )
 
 
 def build_demo(predictor: Predictor, model_name: str) -> gr.Blocks:
@@ -91,7 +106,7 @@ def build_demo(predictor: Predictor, model_name: str) -> gr.Blocks:
                     elem_id="probabilities",
                 )
         heatmap = gr.Image(
-            label=f"Grad-CAM: where the model looked for its top {HEATMAP_TOP_K} findings",
+            label=heatmap_label(predictor),
             type="pil",
             interactive=False,
             elem_id="heatmap",
@@ -106,12 +121,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="Address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1).")
     parser.add_argument("--port", type=int, default=None, help="Port (default: $GRADIO_SERVER_PORT or 7860).")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+    parser.add_argument(
+        "--explainer",
+        default=None,
+        choices=sorted(EXPLAINERS),
+        help="Heatmap method (default: the package default, gradcam where the model's family needs it).",
+    )
     args = parser.parse_args(argv)
     if not args.model:
         parser.error(f"give --model (a cxr-vit model folder or Hub id) or set {MODEL_ENV}")
     try:
-        predictor = Predictor.from_pretrained(args.model, device=args.device)
-    except ModelLoadError as err:
+        predictor = Predictor.from_pretrained(args.model, device=args.device, explainer=args.explainer)
+    except (ModelLoadError, ExplainerError) as err:
         parser.exit(2, f"error: {err}\n")
     build_demo(predictor, args.model).launch(
         server_name=args.host, server_port=args.port, max_file_size=f"{MAX_FILE_MB}mb", show_error=True, css=CSS

@@ -1,12 +1,21 @@
 """Evaluate a cxr-vit model on a prepared dataset split and choose its per-label operating thresholds.
 
     python scripts/evaluate.py --model outputs/quickstart --dataset_name data/nih_mini_prepared \
-        [--split test] --output_dir outputs/quickstart/evaluation [--n_bootstrap 1000]
+        [--split test] --output_dir outputs/quickstart/evaluation [--n_bootstrap 1000] \
+        [--bbox_csv BBox_List_2017.csv [--explainer grad_rollout|gradcam|rollout]]
 
-Writes report.json, report.md, thresholds.json, roc_curves.png and pr_curves.png to --output_dir: per-label
-ROC-AUC and AUPRC with 95% confidence intervals from a bootstrap over patients, the 14-finding macro AUC as the
-headline, No Finding apart, and sensitivity / specificity / PPV / F1 at per-label thresholds chosen by Youden's J
-on the validation split. The model folder is left untouched; --save_thresholds also stores the thresholds in its
+Writes report.json, report.md, thresholds.json, roc_curves.png, pr_curves.png, reliability_diagram.png and
+subgroup_forest.png to --output_dir: per-label ROC-AUC and AUPRC with 95% confidence intervals from a bootstrap
+over patients, the 14-finding macro AUC as the headline, No Finding apart, and sensitivity / specificity / PPV / F1
+at per-label thresholds chosen by Youden's J on the validation split. Then the sections reporting standards ask
+for: subgroups by sex, age band and view position (when the split has those columns), calibration (ECE, Brier,
+reliability diagrams; before and after for a model made by scripts/calibrate.py) and, with --bbox_csv (NIH's
+BBox_List_2017.csv as distributed, or gzipped), how well the heatmaps of --explainer point at the radiologists'
+boxes on the split's images, beside Wang et al. 2017. Without --explainer the default explainer is used, or
+gradcam where the model's family does not support it; an --explainer that cannot explain the model is an error.
+A report written to <model>/evaluation is what the model card and push_to_hub.py pick up.
+
+The model folder is left untouched; --save_thresholds also stores the thresholds in its
 config.json (key cxr_vit_thresholds), where scripts/predict.py and app.py read them (for a Hub id, an updated
 config.json goes to --output_dir, with the command that uploads it). predict.py --thresholds thresholds.json uses
 the file without touching the model.
@@ -17,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from cxr_vit.data import DEFAULT_SPLIT_SEED, check_prepared_features, load_chestxray14
+from cxr_vit.data import DEFAULT_SPLIT_SEED, NIHDataError, check_prepared_features, load_chestxray14
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     THRESHOLDS_FILE,
@@ -28,7 +37,9 @@ from cxr_vit.evaluation import (
     write_report,
     write_thresholds,
 )
+from cxr_vit.explainers import EXPLAINERS, ExplainerError, resolve_explainer
 from cxr_vit.inference import PRECISIONS
+from cxr_vit.localization import read_bbox_csv
 from cxr_vit.prediction import ModelLoadError, load_model
 
 
@@ -42,6 +53,36 @@ def load_splits(name: str, config: str | None, split: str, validation_split: str
         if "patient_id" not in dataset[wanted].column_names:  # the bootstrap resamples patients
             raise ValueError(f"split {wanted!r} of {name} has no 'patient_id' column: prepare it with cxr-vit")
     return dataset[split], dataset[validation_split]
+
+
+def section_summary(report: dict, split: str) -> list[str]:
+    """One line each for calibration, subgroups and localization, as the console summary."""
+    calibration = report["calibration"]
+    after = calibration["model"]
+    if calibration["uncalibrated"] is not None:
+        before = calibration["uncalibrated"]
+        lines = [
+            f"ECE (macro, 14 findings) on {split}: {before['ece_macro']:.4f} before temperature scaling, "
+            f"{after['ece_macro']:.4f} after; Brier {before['brier_macro']:.4f} -> {after['brier_macro']:.4f}"
+        ]
+    else:
+        lines = [f"ECE (macro, 14 findings) on {split}: {after['ece_macro']:.4f}; Brier {after['brier_macro']:.4f}"]
+    subgroups = report["subgroups"]
+    if subgroups["available"]:
+        lines.append(f"subgroups: {', '.join(subgroups['attributes'])} (forest plot in subgroup_forest.png)")
+    else:
+        lines.append(f"subgroups: not available: {subgroups['reason']}")
+    localization = report.get("localization")
+    if localization:
+        overall = localization["overall"]
+        if overall["n_boxes"]:
+            lines.append(
+                f"localization ({localization['explainer']}): pointing game {overall['pointing_accuracy']:.3f} over "
+                f"{overall['n_boxes']} boxes (chance {overall['chance_pointing']:.3f})"
+            )
+        else:
+            lines.append(f"localization: none of the {localization['n_boxes_in_file']} boxes is on a {split} image")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +111,18 @@ def main(argv: list[str] | None = None) -> int:
         help="auto: bf16 on a GPU with native bf16, else fp32.",
     )
     parser.add_argument(
+        "--bbox_csv",
+        default=None,
+        help="NIH's BBox_List_2017.csv (or .csv.gz) as distributed: score the heatmaps of the split's boxed findings.",
+    )
+    parser.add_argument(
+        "--explainer",
+        default=None,
+        choices=sorted(EXPLAINERS),
+        help="Heatmap method for --bbox_csv (default: the package default, gradcam where the model's family does "
+        "not support it).",
+    )
+    parser.add_argument(
         "--save_thresholds",
         action="store_true",
         help="Also store the chosen thresholds in the model's config.json, for predict.py and app.py.",
@@ -78,12 +131,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.n_bootstrap < 1 or args.batch_size < 1:
         parser.error("--n_bootstrap and --batch_size must be at least 1")
 
+    if args.explainer and not args.bbox_csv:
+        parser.error("--explainer draws the heatmaps scored against --bbox_csv: give --bbox_csv too")
+
     try:
+        boxes = read_bbox_csv(args.bbox_csv) if args.bbox_csv else None  # a bad file fails before any inference
         model = load_model(args.model)
+        if boxes is not None:
+            resolve_explainer(model, args.explainer)  # an explainer that cannot explain the model, likewise
         evaluated, validation = load_splits(
             args.dataset_name, args.dataset_config_name, args.split, args.validation_split, args.split_seed
         )
-    except (ModelLoadError, ValueError) as err:
+        if boxes is not None and "image_id" not in evaluated.column_names:
+            raise ValueError(
+                f"--bbox_csv: split {args.split!r} of {args.dataset_name} has no 'image_id' column to match the "
+                "boxes' 'Image Index' with"
+            )
+    except (ModelLoadError, NIHDataError, ExplainerError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.split == args.validation_split:
@@ -103,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         num_workers=args.num_workers,
         precision=args.precision,
+        boxes=boxes,
+        explainer=args.explainer,
+        bbox_csv=args.bbox_csv,
     )
     evaluation.report.update(
         model=args.model, dataset=args.dataset_name, split=args.split, validation_split=args.validation_split
@@ -139,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         f"macro AUC (14 findings) on {args.split}: {format_ci(macro)} "
         f"({macro['n_resamples']}/{args.n_bootstrap} resamples had every finding's two classes)"
     )
+    for line in section_summary(evaluation.report, args.split):
+        print(line)
     print("wrote " + ", ".join(str(path) for path in [*paths.values(), evaluation.report["thresholds_file"]]))
     if args.save_thresholds:
         print(f"thresholds stored in {evaluation.report['thresholds_saved_to']}")

@@ -1,13 +1,16 @@
-"""Predict the 15 NIH labels for X-ray image files and folders, optionally with Grad-CAM heatmaps.
+"""Predict the 15 NIH labels for X-ray image files and folders, optionally with heatmaps.
 
-    python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/]
+    python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/] \
+        [--explainer grad_rollout|gradcam|rollout]
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
 `positives`, the labels at or above the per-label thresholds: --thresholds (a thresholds.json of
 scripts/evaluate.py), else those evaluate.py --save_thresholds stored in the model's config.json, else 0.5 (the
 script says which). Unreadable files are named and skipped. Predictions go through the same preprocessing and
-precision as the Trainer's evaluation and the evaluation report.
+precision as the Trainer's evaluation and the evaluation report. Heatmaps come from the explainer registry that
+evaluate.py --bbox_csv scores: --explainer, else the default, else gradcam where the model's family needs it; an
+--explainer that cannot explain the model is an error.
 
 Exit code: 0 all images predicted, 1 some files were skipped, 2 bad arguments (model, paths, no images).
 """
@@ -17,6 +20,7 @@ import logging
 import sys
 from pathlib import Path
 
+from cxr_vit.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.inference import PRECISIONS
 from cxr_vit.prediction import (
     ModelLoadError,
@@ -34,7 +38,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files and/or folders.")
     parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id.")
     parser.add_argument("--output", required=True, help="CSV file to write.")
-    parser.add_argument("--heatmaps", metavar="DIR", help="Write a Grad-CAM overlay PNG per image here.")
+    parser.add_argument("--heatmaps", metavar="DIR", help="Write a heatmap overlay PNG per image here.")
+    parser.add_argument(
+        "--explainer",
+        default=None,
+        choices=sorted(EXPLAINERS),
+        help="Heatmap method (default: the package default, gradcam where the model's family needs it).",
+    )
     parser.add_argument("--heatmap_top_k", type=int, default=3, help="Findings per heatmap panel (default 3).")
     parser.add_argument("--batch_size", type=int, default=32)
     parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes that decode images.")
@@ -48,19 +58,29 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--batch_size must be at least 1")
     if not 1 <= args.heatmap_top_k <= 14:
         parser.error("--heatmap_top_k must be between 1 and 14")
+    if args.explainer and not args.heatmaps:
+        parser.error("--explainer draws the --heatmaps: give --heatmaps DIR too")
 
     try:
         paths = find_images(args.paths)
         predictor = Predictor.from_pretrained(
-            args.model, device=args.device, precision=args.precision, thresholds_file=args.thresholds
+            args.model,
+            device=args.device,
+            precision=args.precision,
+            thresholds_file=args.thresholds,
+            explainer=args.explainer,
         )
-    except (FileNotFoundError, ModelLoadError) as err:
+        if args.heatmaps and predictor.explainer is None:
+            raise ExplainerError(f"--heatmaps: {predictor.explainer_source}")
+    except (FileNotFoundError, ModelLoadError, ExplainerError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not paths:
         print(f"error: no .png/.jpg/.jpeg files in {' '.join(args.paths)}", file=sys.stderr)
         return 2
     print(predictor.thresholds_source, file=sys.stderr)
+    if args.heatmaps:
+        print(f"heatmaps: {predictor.explainer} ({predictor.explainer_source})", file=sys.stderr)
 
     heatmap_dir = Path(args.heatmaps) if args.heatmaps else None
     if heatmap_dir:

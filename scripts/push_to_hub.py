@@ -1,29 +1,45 @@
-"""Push a training output folder to the Hugging Face Hub with a model card rendered from its results.
+"""Push a model folder to the Hugging Face Hub with a model card rendered from its results and evaluation report.
 
-    python scripts/push_to_hub.py --model_dir outputs/nih_sample_vit_base --repo_id you/cxr-vit-base [--private]
+    python scripts/push_to_hub.py --model_dir outputs/nih_sample_vit_base --repo_id you/cxr-vit-base [--private] \
+        [--report outputs/nih_sample_vit_base/evaluation]
 
 Uploads model.safetensors, config.json (model + image-processor config), training_curves.png, the results
 files and README.md. The repo then opens with AutoModelForImageClassification, pipeline("image-classification")
 and timm.create_model("hf-hub:<repo_id>", pretrained=True).
+
+The evaluation report of scripts/evaluate.py goes up as evaluation/ (report.json, report.md, its figures,
+thresholds.json) and the card shows its headline, calibration line, localization line and a short subgroup table.
+Which report: --report (a report.json or the folder holding it), else <model_dir>/evaluation if there is one
+(evaluate.py --output_dir <model_dir>/evaluation). A report must describe the weights being pushed (report.json
+records their fingerprint): a given one that does not is an error; a stale one at the default place is left out
+with a warning. A folder made by scripts/calibrate.py gets its temperatures in the card as well.
 """
 
 import argparse
 import logging
 import sys
 
+from cxr_vit.cards import ReportMismatchError
 from cxr_vit.hub import HubAccessError, push_model
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model_dir", required=True, help="A scripts/train.py --output_dir.")
+    parser.add_argument("--model_dir", required=True, help="A scripts/train.py or scripts/calibrate.py --output_dir.")
     parser.add_argument("--repo_id", required=True, help="namespace/name (a bare name goes to your namespace).")
     parser.add_argument("--private", action="store_true", help="Create the repo as private.")
     parser.add_argument("--token", default=None, help="Hub token (default: HF_TOKEN or the saved login).")
+    parser.add_argument(
+        "--report",
+        default=None,
+        help="A report.json of scripts/evaluate.py, or its folder (default: <model_dir>/evaluation if present).",
+    )
     args = parser.parse_args(argv)
     try:
-        url = push_model(args.model_dir, args.repo_id, token=args.token, private=args.private or None)
-    except (HubAccessError, FileNotFoundError) as err:
+        url = push_model(
+            args.model_dir, args.repo_id, token=args.token, private=args.private or None, report=args.report
+        )
+    except (HubAccessError, FileNotFoundError, ReportMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"pushed {args.model_dir} to {url}")

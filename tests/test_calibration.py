@@ -170,6 +170,8 @@ def test_thresholds_keep_their_decisions():
     before = expit(logits) >= np.array([thresholds[label] for label in LABELS])
     after = scaling.probabilities(logits) >= np.array([moved[label] for label in LABELS])
     assert (before == after).mean() > 0.9999  # equal up to float rounding at the boundary
+    extremes = calibrate_thresholds({"Mass": 0.0, "Nodule": 1.0 + 1e-6, "Hernia": -0.5}, scaling)
+    assert extremes == {"Mass": 0.0, "Nodule": 1.0 + 1e-6, "Hernia": -0.5}  # always / never: kept, never NaN
 
 
 # ---- the rescaled model ------------------------------------------------------------------------------
@@ -260,3 +262,28 @@ def test_wrong_head_is_refused(tiny_model):
     model.timm_model.head = torch.nn.Linear(model.timm_model.head.in_features, 3)
     with pytest.raises(ValueError, match="Linear head with 15 outputs"):
         calibrate_model(model, scaling_for_test())
+
+
+def test_a_perfectly_separated_label_is_left_unscaled():
+    """No finite temperature maximises the likelihood of separated classes (it grows as T -> 0): flag, do not fit."""
+    logits, targets = synthetic(10, T_TRUE, n=400)
+    mass = LABELS.index("Mass")
+    targets[:, mass] = (logits[:, mass] > 0.5).astype(float)
+    scaling = fit_temperature(logits, targets, bias=True)
+    assert not scaling.fitted[mass] and scaling.temperature[mass] == 1.0 and scaling.bias[mass] == 0.0
+    assert "separates it perfectly" in scaling.to_dict()["labels"]["Mass"]["not_fitted_because"]
+    assert TemperatureScaling.from_dict(scaling.to_dict()).skipped == scaling.skipped
+    assert scaling.fitted.sum() == len(LABELS) - 1
+
+
+def test_uncalibrated_model_folds_the_scaling_back_out(tiny_model):
+    from cxr_vit.calibration import uncalibrated_model
+
+    calibrated = calibrate_model(tiny_model, scaling_for_test()).eval()
+    original = uncalibrated_model(calibrated).eval()
+    assert not hasattr(original.config, CALIBRATION_KEY) and hasattr(calibrated.config, CALIBRATION_KEY)
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        torch.testing.assert_close(original(pixel_values=pixels).logits, tiny_model(pixel_values=pixels).logits)
+    with pytest.raises(ValueError, match="not temperature-scaled"):
+        uncalibrated_model(tiny_model)

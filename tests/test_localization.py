@@ -226,8 +226,11 @@ def test_summary_per_finding_and_overall():
     assert list(summary["findings"]) == list(BOXED_FINDINGS)
     json.dumps(summary, allow_nan=False)
     markdown = localization_markdown(summary)
-    assert "| Overall | 4 | 0.500 |" in markdown and "0.6222" not in markdown and "0.622" in markdown
-    assert "IoBB>0.25 Wang" in markdown
+    # By default only Table 4 stands beside ours: the one table checked against two copies of the paper.
+    assert "| Overall | 4 | 0.500 |" in markdown and "0.7277" not in markdown and "| Atelectasis | 0.728 |" in markdown
+    assert "IoBB>0.25 Wang" in markdown and "Table 4" in markdown and "Unverified" not in markdown
+    single_copy = localization_markdown(summary, reference="chestxray14_iobb")
+    assert "Table 19" in single_copy and "**Unverified transcription**" in single_copy
     with pytest.raises(ValueError, match="Hernia"):
         localization_summary([{"label": "Hernia", "pointing_hit": True, "iou": 1.0, "iobb": 1.0}])
 

@@ -11,11 +11,22 @@ calibration metrics next to discrimination.
 * Temperature scaling (Guo et al. 2017), per label because the 15 outputs are independent sigmoids: fit
   ``sigmoid(logit / T)``, optionally ``sigmoid(logit / T + b)``, by minimising the binary cross-entropy on the
   *validation* logits. The optimiser is scipy's L-BFGS-B on (log T, b) with the exact gradient, log T bounded to
-  [-5, 5]; a label with one class in the validation split is left unscaled (T = 1, b = 0) and flagged.
+  [-5, 5]; a label with one class in the validation split is left unscaled (T = 1, b = 0) and flagged, and so is
+  a label the validation split separates perfectly (every positive's logit above every negative's): its likelihood
+  grows without end as T -> 0, so no temperature can be estimated there, and the fit would only sharpen the outputs
+  to 0 and 1 up to the bound.
   Dividing a logit by T > 0 and adding b is monotone, so AUCs do not change; thresholds chosen on the
   uncalibrated probabilities move to ``sigmoid(logit(t) / T + b)`` (:func:`calibrate_thresholds`).
 * :func:`calibrate_model` folds T and b into the classifier (``W' = W / T`` row-wise, ``b' = b / T + bias``), so
-  a stock ``from_pretrained`` + sigmoid returns calibrated probabilities with no extra code at inference.
+  a stock ``from_pretrained`` + sigmoid returns calibrated probabilities with no extra code at inference. The
+  config records T and b, so the uncalibrated logits come back exactly: ``z = (z_cal - b) * T``
+  (:meth:`TemperatureScaling.invert`).
+* With or without b (:func:`fit_calibration`, ``bias="auto"``): T alone when the data say the logits are only
+  too sharp or too flat, T and b when they are also shifted, as ``--pos_weight`` training shifts them (by
+  ``+log(w)``; T cannot undo a shift, b can). The rule is Akaike's: b is kept when its one parameter per label
+  lowers the summed validation negative log-likelihood by more than one nat per label (AIC = 2k - 2 log L). On
+  an unshifted model the gain is sampling noise (about half a nat per label), so b is dropped and T alone, the
+  smaller model, is fitted; on a shifted one the gain is orders of magnitude larger.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import copy
 import logging
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -128,6 +139,7 @@ def plot_reliability(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     series = [("uncalibrated" if calibrated is not None else "model", probabilities, "tab:blue")]
     if calibrated is not None:
@@ -138,6 +150,8 @@ def plot_reliability(
         column = np.asarray(targets)[:, index]
         counts_axis = axis.twinx()
         counts_axis.set_yscale("log")
+        counts_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        counts_axis.yaxis.set_minor_formatter(NullFormatter())  # 2x10^0 ... labels crowd the neighbour panel
         counts_axis.set_ylabel("images per bin")
         axis.set_zorder(counts_axis.get_zorder() + 1)
         axis.patch.set_visible(False)
@@ -170,7 +184,8 @@ def plot_reliability(
         if index == 0:
             axis.legend(loc="upper left", fontsize=8)
     figure.suptitle(f"Reliability diagrams ({binning_rule(n_bins)})")
-    figure.tight_layout(rect=(0, 0, 1, 0.97))
+    # Fixed margins: tight_layout over 30 axes (15 panels and their count axes) took half of the plotting time.
+    figure.subplots_adjust(left=0.035, right=0.96, bottom=0.05, top=0.9, wspace=0.45, hspace=0.62)
     figure.savefig(path, dpi=80)
     plt.close(figure)
 
@@ -184,10 +199,12 @@ class TemperatureScaling:
 
     temperature: np.ndarray
     bias: np.ndarray
-    fitted: np.ndarray  # False where the validation split had one class: left at T = 1, b = 0
+    fitted: np.ndarray  # False where the validation split had one class or separated the label: T = 1, b = 0
     with_bias: bool
     nll_before: np.ndarray
     nll_after: np.ndarray
+    bias_rule: str | None = None  # how with_bias was decided (fit_calibration)
+    skipped: dict[str, str] = field(default_factory=dict)  # label -> why it was left unscaled
 
     def apply(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated logits ``(n, 15)``."""
@@ -197,6 +214,48 @@ class TemperatureScaling:
         """Calibrated probabilities ``(n, 15)``."""
         return expit(self.apply(logits))
 
+    def invert(self, calibrated_logits: np.ndarray) -> np.ndarray:
+        """The original logits back from calibrated ones: ``(z_cal - b) * T``."""
+        return (np.asarray(calibrated_logits, dtype=np.float64) - self.bias) * self.temperature
+
+    def inverse(self) -> TemperatureScaling:
+        """The scaling that undoes this one: ``z = z_cal / (1 / T) + (-b T)``."""
+        return TemperatureScaling(
+            temperature=1.0 / self.temperature,
+            bias=-self.bias * self.temperature,
+            fitted=self.fitted,
+            with_bias=self.with_bias,
+            nll_before=self.nll_after,
+            nll_after=self.nll_before,
+        )
+
+    @classmethod
+    def from_dict(cls, record: dict) -> TemperatureScaling:
+        """The scaling recorded by :meth:`to_dict` (e.g. a calibrated model's ``cxr_vit_calibration``)."""
+        try:
+            labels = record["labels"]
+            entries = [labels[label] for label in LABELS]
+            temperature = np.array([float(entry["temperature"]) for entry in entries])
+            bias = np.array([float(entry["bias"]) for entry in entries])
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"not a temperature-scaling record with T and b for all 15 labels ({err})") from None
+        if not np.all(np.isfinite(temperature) & (temperature > 0)) or not np.all(np.isfinite(bias)):
+            raise ValueError("a temperature-scaling record needs finite T > 0 and finite b for every label")
+        return cls(
+            temperature=temperature,
+            bias=bias,
+            fitted=np.array([bool(entry.get("fitted", True)) for entry in entries]),
+            with_bias=bool(record.get("with_bias", bool(np.any(bias != 0)))),
+            nll_before=np.array([_nan_if_none(entry.get("validation_bce_before")) for entry in entries]),
+            nll_after=np.array([_nan_if_none(entry.get("validation_bce_after")) for entry in entries]),
+            bias_rule=record.get("bias_rule"),
+            skipped={
+                label: entry["not_fitted_because"]
+                for label, entry in zip(LABELS, entries, strict=True)
+                if entry.get("not_fitted_because")
+            },
+        )
+
     def to_dict(self) -> dict:
         """JSON-safe: the method and, per label, T, b, whether it was fitted and the validation BCE before/after."""
         return {
@@ -205,11 +264,13 @@ class TemperatureScaling:
             + ", fitted by minimising validation BCE (L-BFGS-B on log T"
             + (", b)" if self.with_bias else ")"),
             "with_bias": self.with_bias,
+            **({"bias_rule": self.bias_rule} if self.bias_rule else {}),
             "labels": {
                 label: {
                     "temperature": float(self.temperature[i]),
                     "bias": float(self.bias[i]),
                     "fitted": bool(self.fitted[i]),
+                    **({"not_fitted_because": self.skipped[label]} if label in self.skipped else {}),
                     "validation_bce_before": _finite(self.nll_before[i]),
                     "validation_bce_after": _finite(self.nll_after[i]),
                 }
@@ -220,6 +281,10 @@ class TemperatureScaling:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else float(value)
 
 
 def logits_from_probabilities(probabilities: np.ndarray, eps: float = 1e-7) -> np.ndarray:
@@ -246,7 +311,9 @@ def _fit_label(logits: np.ndarray, targets: np.ndarray, with_bias: bool) -> tupl
 
     start = np.zeros(2 if with_bias else 1)
     bounds = [LOG_TEMPERATURE_BOUNDS] + ([(None, None)] if with_bias else [])
-    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds)
+    # Tight tolerances: the optimum must not depend on where it started (a model with 3x sharper logits gets 3x T).
+    options = {"ftol": 1e-14, "gtol": 1e-10, "maxiter": 1000}
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", bounds=bounds, options=options)
     if not result.success:
         logger.warning("temperature fit did not converge: %s", result.message)
     return math.exp(result.x[0]), float(result.x[1]) if with_bias else 0.0
@@ -262,12 +329,17 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bias: bool = False)
         raise ValueError(f"logits and targets must both be (n, {NUM_LABELS}); got {logits.shape}, {targets.shape}")
     temperature, offset = np.ones(NUM_LABELS), np.zeros(NUM_LABELS)
     fitted = np.zeros(NUM_LABELS, dtype=bool)
+    skipped = {}
     for index, label in enumerate(LABELS):
-        column = targets[:, index]
+        column, scores = targets[:, index], logits[:, index]
         if column.min() == column.max():
-            logger.warning("%s has one class in the calibration split: left unscaled (T = 1, b = 0)", label)
+            skipped[label] = "one class in the calibration split"
+        elif scores[column == 0].max() < scores[column == 1].min():
+            skipped[label] = "the calibration split separates it perfectly: no finite temperature fits"
+        if label in skipped:
+            logger.warning("%s: %s; left unscaled (T = 1, b = 0)", label, skipped[label])
             continue
-        temperature[index], offset[index] = _fit_label(logits[:, index], column, bias)
+        temperature[index], offset[index] = _fit_label(scores, column, bias)
         fitted[index] = True
     after = logits / temperature + offset
     return TemperatureScaling(
@@ -277,16 +349,56 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bias: bool = False)
         with_bias=bias,
         nll_before=np.array([_bce(logits[:, i], targets[:, i]) for i in range(NUM_LABELS)]),
         nll_after=np.array([_bce(after[:, i], targets[:, i]) for i in range(NUM_LABELS)]),
+        skipped=skipped,
     )
 
 
+BIAS_CHOICES = ("auto", "always", "never")
+
+
+def fit_calibration(logits: np.ndarray, targets: np.ndarray, bias: str = "auto") -> TemperatureScaling:
+    """Per-label temperature scaling, with a bias ``always``, ``never``, or when Akaike's criterion keeps it (``auto``).
+
+    ``auto`` fits both and keeps b when it lowers the validation negative log-likelihood, summed over images and
+    the fitted labels, by more than one nat per fitted label (module docstring). The decision and its numbers are
+    recorded in ``bias_rule``.
+    """
+    if bias not in BIAS_CHOICES:
+        raise ValueError(f"bias must be one of {BIAS_CHOICES}, got {bias!r}")
+    if bias == "never":
+        scaling = fit_temperature(logits, targets)
+        scaling.bias_rule = "never: temperature only, as asked"
+        return scaling
+    with_bias = fit_temperature(logits, targets, bias=True)
+    if bias == "always":
+        with_bias.bias_rule = "always: temperature and bias, as asked"
+        return with_bias
+    only_t = fit_temperature(logits, targets)
+    fitted = with_bias.fitted
+    gain = float(len(logits) * (only_t.nll_after[fitted] - with_bias.nll_after[fitted]).sum())
+    count = int(fitted.sum())
+    chosen = with_bias if gain > count else only_t
+    verdict = "kept" if chosen is with_bias else "dropped"
+    chosen.bias_rule = (
+        f"auto (Akaike): a bias per label lowered the validation negative log-likelihood by {gain:.1f} nats over "
+        f"{count} fitted labels; kept when above 1 nat per label: {verdict}"
+    )
+    return chosen
+
+
 def calibrate_thresholds(thresholds: dict[str, float], scaling: TemperatureScaling) -> dict[str, float]:
-    """Thresholds on the calibrated scale that make the same decisions: ``sigmoid(logit(t) / T + b)``."""
-    return {
-        label: float(expit(logit(thresholds[label]) / scaling.temperature[i] + scaling.bias[i]))
-        for i, label in enumerate(LABELS)
-        if label in thresholds
-    }
+    """Thresholds on the calibrated scale that make the same decisions: ``sigmoid(logit(t) / T + b)``.
+
+    A threshold outside (0, 1) ("always positive" at <= 0, "never" above 1) means the same on every scale and is
+    kept as it is (its logit would be infinite or NaN).
+    """
+
+    def moved(threshold: float, index: int) -> float:
+        if not 0.0 < threshold < 1.0:
+            return float(threshold)
+        return float(expit(logit(threshold) / scaling.temperature[index] + scaling.bias[index]))
+
+    return {label: moved(float(thresholds[label]), i) for i, label in enumerate(LABELS) if label in thresholds}
 
 
 def calibrated_head(
@@ -304,13 +416,19 @@ def calibrated_head(
 
 
 def calibrate_model(
-    model: TimmWrapperForImageClassification, scaling: TemperatureScaling
+    model: TimmWrapperForImageClassification, scaling: TemperatureScaling, fitted_on: dict | None = None
 ) -> TimmWrapperForImageClassification:
     """A copy of ``model`` whose logits are ``original / T + b``: stock clients then get calibrated sigmoids.
 
     The input model is not modified. Thresholds stored in the config (``cxr_vit_thresholds``) are moved to the
-    calibrated scale so every decision stays the same, and T, b are recorded under ``cxr_vit_calibration``.
+    calibrated scale so every decision stays the same, and T, b are recorded under ``cxr_vit_calibration``, with
+    ``fitted_on`` (where they were fitted: model, dataset, split, images) when given.
     """
+    if getattr(model.config, CALIBRATION_KEY, None):
+        raise ValueError(
+            "the model is already temperature-scaled (its config has cxr_vit_calibration): calibrate the original "
+            "model instead, so its record stays one T and b per label"
+        )
     head = model.timm_model.get_classifier()
     if not isinstance(head, torch.nn.Linear) or head.out_features != NUM_LABELS:
         raise ValueError(f"calibrate_model needs a Linear head with {NUM_LABELS} outputs, got {head!r}")
@@ -328,8 +446,27 @@ def calibrate_model(
     thresholds = getattr(config, THRESHOLDS_KEY, None)
     if thresholds:
         setattr(config, THRESHOLDS_KEY, calibrate_thresholds(thresholds, scaling))
-    setattr(config, CALIBRATION_KEY, {**scaling.to_dict(), "thresholds_rescaled": bool(thresholds)})
+    record = {**scaling.to_dict(), "thresholds_rescaled": bool(thresholds)}
+    if fitted_on is not None:
+        record["fitted_on"] = fitted_on
+    setattr(config, CALIBRATION_KEY, record)
     return calibrated
+
+
+def uncalibrated_model(model: TimmWrapperForImageClassification) -> TimmWrapperForImageClassification:
+    """A copy of a model made by :func:`calibrate_model` with the scaling folded back out of its head (``W T``,
+    ``(b' - b) T``): its logits are the original model's, up to float32 rounding of the head."""
+    record = getattr(model.config, CALIBRATION_KEY, None)
+    if not record:
+        raise ValueError(f"the model's config has no {CALIBRATION_KEY}: it is not temperature-scaled")
+    original = copy.deepcopy(model)
+    head = original.timm_model.get_classifier()
+    weight, bias = calibrated_head(head.weight, head.bias, TemperatureScaling.from_dict(record).inverse())
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    delattr(original.config, CALIBRATION_KEY)
+    return original
 
 
 def _replace_module(root: torch.nn.Module, old: torch.nn.Module, new: torch.nn.Module) -> None:

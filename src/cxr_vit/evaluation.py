@@ -11,10 +11,18 @@ the 25,596-image official test list take ~20 s instead of minutes of per-call sk
 Operating thresholds use Youden's J (the ROC point maximising sensitivity + specificity - 1) on the
 validation split only, never on the evaluated one. J, unlike max-F1, does not depend on prevalence, so a
 rare finding such as Hernia is not pushed to a threshold no positive passes.
+
+Beyond discrimination, :func:`evaluate_model` adds the sections reporting standards ask for, each from its building
+block: subgroups by sex, age band and view position (:mod:`cxr_vit.subgroups`; "not available" when the split has
+no such columns), calibration (:mod:`cxr_vit.calibration`; before and after for a temperature-scaled model, whose
+config records T and b) and, given the official box list, localization of an explainer's heatmaps
+(:mod:`cxr_vit.localization`, :mod:`cxr_vit.explainers`). The report's Method section lists the reporting-checklist
+topics (CLAIM 2024, TRIPOD+AI) that the run actually covered.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -27,6 +35,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, multilabel_confusion_matrix, roc_auc_score, roc_curve
 
+from . import calibration
 from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .inference import Classifier
 from .metrics import label_scores
@@ -221,12 +230,31 @@ def bootstrap_report(
 # ---- the whole evaluation ----------------------------------------------------------------------------
 
 
+SUBGROUP_COLUMNS = ("sex", "age", "view_position")
+
+
 @dataclass
 class Evaluation:
     report: dict
     probabilities: np.ndarray
     targets: np.ndarray
     thresholds: dict[str, float]
+    # A temperature-scaled model's probabilities before its scaling (recovered from T and b), else None.
+    uncalibrated: np.ndarray | None = None
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the timm-named tensors (names, dtypes, shapes, bytes): which weights a report describes.
+
+    The same for a loaded model (``timm_state_dict(model.state_dict())``) and for its ``model.safetensors``
+    (``safetensors.torch.load_file``), so a model card can check that a report belongs to the weights beside it.
+    """
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def evaluate_model(
@@ -240,9 +268,16 @@ def evaluate_model(
     device: str | None = None,
     num_workers: int = 0,
     precision: str = "auto",
+    boxes=None,
+    explainer: str | None = None,
+    bbox_csv: str = "?",
 ) -> Evaluation:
     """Predict both splits (:class:`cxr_vit.inference.Classifier`), choose thresholds on ``validation``, report on
-    ``evaluated``."""
+    ``evaluated``: discrimination, subgroups, calibration and, with ``boxes`` (:func:`cxr_vit.localization.
+    read_bbox_csv` of the file ``bbox_csv``), the localization of ``explainer``'s heatmaps
+    (:func:`cxr_vit.explainers.resolve_explainer`)."""
+    from .modeling import timm_state_dict
+
     classifier = Classifier(model, device=device, precision=precision)
     val_probabilities, val_targets = classifier.predict_dataset(validation, batch_size, num_workers, "validation")
     thresholds = choose_thresholds(val_probabilities, val_targets)
@@ -268,8 +303,103 @@ def evaluate_model(
         "threshold_rule": THRESHOLD_RULE,
         "precision": "bf16 autocast, fp32 head" if classifier.dtype == torch.bfloat16 else "fp32",
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
+        "model_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
     }
-    return Evaluation(report, probabilities, targets, thresholds)
+    options = {"n_bootstrap": n_bootstrap, "seed": seed, "confidence": confidence}
+    report["subgroups"] = subgroup_section(evaluated, probabilities, targets, thresholds, **options)
+    report["calibration"], uncalibrated = calibration_section(
+        classifier, evaluated, probabilities, targets, batch_size, num_workers
+    )
+    if boxes is not None:
+        from .localization import localization_section
+
+        report["localization"] = localization_section(classifier, evaluated, boxes, explainer, batch_size, bbox_csv)
+    report["checklist"] = reporting_checklist(report)
+    return Evaluation(report, probabilities, targets, thresholds, uncalibrated)
+
+
+def subgroup_section(evaluated, probabilities: np.ndarray, targets: np.ndarray, thresholds: dict, **options) -> dict:
+    """:func:`cxr_vit.subgroups.subgroup_report` on the metadata columns the split has, or why there is none."""
+    from .subgroups import subgroup_report
+
+    present = [column for column in SUBGROUP_COLUMNS if column in evaluated.column_names]
+    missing = [column for column in SUBGROUP_COLUMNS if column not in present]
+    if not present:
+        return {
+            "available": False,
+            "reason": f"the evaluated split has none of the columns {', '.join(SUBGROUP_COLUMNS)} (datasets from "
+            "other publishers may not carry the NIH metadata)",
+        }
+    columns = {column: list(evaluated[column]) for column in present}
+    patients = list(evaluated["patient_id"])
+    # Small groups lack labels by design (reported as "too few" per group); the per-call warnings would be noise.
+    metrics_logger = logging.getLogger("cxr_vit.metrics")
+    level = metrics_logger.level
+    metrics_logger.setLevel(logging.ERROR)
+    try:
+        report = subgroup_report(probabilities, targets, thresholds, patients, **columns, **options)
+    finally:
+        metrics_logger.setLevel(level)
+    return {"available": True, "missing_columns": missing, **report}
+
+
+def calibration_section(classifier, evaluated, probabilities, targets, batch_size: int, num_workers: int):
+    """(per-label ECE, Brier and reliability bins of the model's probabilities, and for a temperature-scaled model also
+    of its probabilities before the scaling; those probabilities or None).
+
+    A model made by ``scripts/calibrate.py`` records T and b, so the original head comes back exactly (``W T``,
+    ``(b' - b) T``: :func:`cxr_vit.calibration.uncalibrated_model`) and predicts the evaluated split through the same
+    inference path. Inverting its float32 probabilities instead would fail where the calibrated ones saturate.
+    """
+    section = {"model": calibration.calibration_report(probabilities, targets), "uncalibrated": None, "scaling": None}
+    record = getattr(classifier.model.config, calibration.CALIBRATION_KEY, None)
+    if not record:
+        return section, None
+    original = calibration.uncalibrated_model(classifier.model)
+    before = Classifier(original, device=classifier.device, precision=precision_name(classifier))
+    uncalibrated, _ = before.predict_dataset(evaluated, batch_size, num_workers, "uncalibrated")
+    section["uncalibrated"] = calibration.calibration_report(uncalibrated, targets)
+    section["scaling"] = record
+    return section, uncalibrated
+
+
+def precision_name(classifier: Classifier) -> str:
+    """The ``precision`` argument that gives ``classifier``'s autocast dtype."""
+    return "bf16" if classifier.dtype == torch.bfloat16 else "fp32"
+
+
+# Reporting-checklist topics (not item numbers) that a run can cover, and the report section that covers them.
+CLAIM_2024 = "CLAIM 2024 (Tejani et al., Radiol Artif Intell 2024)"
+TRIPOD_AI = "TRIPOD+AI (Collins et al., BMJ 2024)"
+
+
+def reporting_checklist(report: dict) -> list[dict[str, str]]:
+    """The checklist topics this run computed: always discrimination with CIs, thresholds and calibration;
+    subgroups only when the split had the metadata; localization only when boxes were scored."""
+    items = [
+        (CLAIM_2024, "performance metrics with measures of uncertainty (confidence intervals)", "Findings"),
+        (TRIPOD_AI, "discrimination (ROC-AUC) with confidence intervals", "Findings"),
+        (
+            TRIPOD_AI,
+            "how predictions become decisions: thresholds chosen on validation, sensitivity, specificity, PPV at them",
+            "Findings, Method",
+        ),
+        (TRIPOD_AI, "calibration: calibration plot with a measure of calibration (ECE, Brier score)", "Calibration"),
+    ]
+    if report.get("subgroups", {}).get("available"):
+        items += [
+            (CLAIM_2024, "performance in subgroups (sex, age, view position) and potential bias", "Subgroup analysis"),
+            (TRIPOD_AI, "fairness: performance across sociodemographic groups", "Subgroup analysis"),
+        ]
+    if report.get("localization", {}).get("overall", {}).get("n_boxes"):
+        items.append(
+            (
+                CLAIM_2024,
+                "explainability: saliency maps and how they were validated (against expert boxes)",
+                "Localization",
+            )
+        )
+    return [{"checklist": checklist, "topic": topic, "section": section} for checklist, topic, section in items]
 
 
 # ---- outputs -----------------------------------------------------------------------------------------
@@ -328,6 +458,9 @@ def report_markdown(report: dict) -> str:
         "",
         _table(headers, [row(NO_FINDING, report["no_finding"])]),
         "",
+        *(calibration_markdown(report["calibration"], report.get("split", "?")) if "calibration" in report else []),
+        *(subgroups_markdown(report["subgroups"]) if "subgroups" in report else []),
+        *(localization_markdown(report["localization"]) if "localization" in report else []),
         "## Method",
         "",
         f"- Confidence intervals: {boot['n_resamples']} resamples of the patients with replacement (seed "
@@ -339,6 +472,7 @@ def report_markdown(report: dict) -> str:
         "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives); "
         "a label without an AUC is left out of the macro average.",
         f"- Inference: timm's eval transform of the model, {report.get('precision', 'fp32')}.",
+        *checklist_markdown(report.get("checklist", [])),
         "",
     ]
     if report.get("thresholds_file"):
@@ -346,6 +480,109 @@ def report_markdown(report: dict) -> str:
     if report.get("thresholds_saved_to"):
         lines += [f"Thresholds stored in `{report['thresholds_saved_to']}` (key `{THRESHOLDS_KEY}`).", ""]
     return "\n".join(lines)
+
+
+def calibration_markdown(section: dict, split: str) -> list[str]:
+    """The Calibration section: macro and per-label ECE and Brier, before and after for a temperature-scaled model."""
+    model, before, scaling = section["model"], section["uncalibrated"], section["scaling"]
+    lines = ["## Calibration", ""]
+    if before is None:
+        lines += [
+            f"Macro over the 14 findings on `{split}`: **ECE {model['ece_macro']:.3f}**, Brier "
+            f"{model['brier_macro']:.3f}. The model is not temperature-scaled: `scripts/calibrate.py` fits T (and b) "
+            "per label on validation.",
+            "",
+        ]
+        headers = ["Label", "Pos", "ECE", "Brier"]
+
+        def cells(label: str) -> list[str]:
+            return [_number(model["labels"][label]["ece"]), _number(model["labels"][label]["brier"])]
+
+    else:
+        fitted = scaling.get("fitted_on") or {}
+        where = ", ".join(f"{key} `{value}`" for key, value in fitted.items()) or "not recorded"
+        lines += [
+            f"Macro over the 14 findings on `{split}`: **ECE {before['ece_macro']:.3f} before temperature scaling, "
+            f"{model['ece_macro']:.3f} after**; Brier {before['brier_macro']:.3f} before, {model['brier_macro']:.3f} "
+            "after.",
+            "",
+            f"The model is temperature-scaled ({scaling.get('method', 'temperature scaling')}; fitted on: {where}). "
+            "Its config records T and b per label, so the original head comes back (W T, (b' - b) T) and the "
+            "probabilities before the scaling are predicted by it, the same inference path. Scaling is monotone per "
+            "label: AUCs and the decisions at the thresholds do not change.",
+            "",
+        ]
+        if scaling.get("bias_rule"):
+            lines += [f"Bias: {scaling['bias_rule']}.", ""]
+        headers = ["Label", "Pos", "T", "b", "ECE before", "ECE after", "Brier before", "Brier after"]
+
+        def cells(label: str) -> list[str]:
+            entry = scaling["labels"][label]
+            values = [before["labels"][label]["ece"], model["labels"][label]["ece"]]
+            values += [before["labels"][label]["brier"], model["labels"][label]["brier"]]
+            return [f"{entry['temperature']:.3f}", f"{entry['bias']:+.3f}", *map(_number, values)]
+
+    rows = [[label, str(model["labels"][label]["positives"]), *cells(label)] for label in LABELS]
+    lines += [
+        _table(headers, rows),
+        "",
+        f"ECE: {model['binning']}; a bin weighs by its share of the images, so ECE is small for a rare label whose "
+        "probabilities are all near 0 even when the few positives are missed: read it with the reliability diagrams "
+        "(grey bars: images per bin).",
+        "",
+        "![Reliability diagrams](reliability_diagram.png)",
+        "",
+    ]
+    return lines
+
+
+def subgroups_markdown(section: dict) -> list[str]:
+    """The Subgroup analysis section (:func:`cxr_vit.subgroups.subgroup_markdown`), or why there is none."""
+    if not section.get("available"):
+        return ["## Subgroup analysis", "", f"Not available: {section.get('reason', 'not computed')}.", ""]
+    from .subgroups import subgroup_markdown
+
+    lines = [subgroup_markdown(section)]
+    if section.get("missing_columns"):
+        lines += [f"Not in this split, so not analysed: {', '.join(section['missing_columns'])}.", ""]
+    return lines + ["![Subgroup macro AUCs](subgroup_forest.png)", ""]
+
+
+def localization_markdown(section: dict) -> list[str]:
+    """The Localization section: explainer, box counts, then :func:`cxr_vit.localization.localization_markdown`."""
+    from .localization import localization_markdown as table
+
+    notes = [
+        f"Heatmaps: `{section['explainer']}` ({section['explainer_choice']}), the map of each boxed finding on its "
+        f"image. Boxes: `{section['bbox_csv']}`, {section['n_boxes_scored']} of its {section['n_boxes_in_file']} "
+        f"boxes are on {section['n_images']} images of this split"
+        + (
+            f" ({section['n_boxes_cropped']} fall outside the model's center crop and count as misses)"
+            if section["n_boxes_cropped"]
+            else ""
+        )
+        + ".",
+    ]
+    if not section["n_boxes_scored"]:
+        return ["## Localization", "", *notes, "", "No box is on an image of this split: nothing to score.", ""]
+    overall = section["overall"]
+    notes.append(
+        f"Chance level of the pointing game: {overall['chance_pointing']:.3f} (the boxes' mean share of the model "
+        "input: a map peaking at a random place hits that often)."
+    )
+    return [table(section, reference=section.get("reference"), notes=notes)]
+
+
+def checklist_markdown(items: list[dict[str, str]]) -> list[str]:
+    """Method bullets: the reporting-checklist topics this run covered (topics, not item numbers)."""
+    if not items:
+        return []
+    lines = [
+        "- Reporting checklists: this run covers these topics (named by topic, not item number; the other "
+        "items are about study design and data, which no script can fill in):"
+    ]
+    lines += [f"  - {item['checklist']}: {item['topic']} ({item['section']})" for item in items]
+    return lines
 
 
 def plot_curves(probabilities: np.ndarray, targets: np.ndarray, path: str | os.PathLike, kind: str = "roc") -> None:
@@ -393,13 +630,42 @@ def _json_safe(value):
     return value
 
 
+REPORT_FILES = (
+    "report.json",
+    "report.md",
+    "roc_curves.png",
+    "pr_curves.png",
+    "reliability_diagram.png",
+    "subgroup_forest.png",
+    THRESHOLDS_FILE,
+)
+
+
 def write_report(evaluation: Evaluation, output_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md``, ``roc_curves.png`` and ``pr_curves.png``; return their paths."""
+    """Write ``report.json``, ``report.md``, ROC and PR curves, the reliability diagrams and, when there were
+    subgroups, their forest plot; return their paths."""
+    from .subgroups import plot_subgroup_forest
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    paths = {name: output_dir / name for name in ("report.json", "report.md", "roc_curves.png", "pr_curves.png")}
-    paths["report.json"].write_text(json.dumps(_json_safe(evaluation.report), indent=2) + "\n")
-    paths["report.md"].write_text(report_markdown(evaluation.report))
+    names = ["report.json", "report.md", "roc_curves.png", "pr_curves.png", "reliability_diagram.png"]
+    report = evaluation.report
+    if report.get("subgroups", {}).get("available"):
+        names.append("subgroup_forest.png")
+    paths = {name: output_dir / name for name in names}
+    paths["report.json"].write_text(json.dumps(_json_safe(report), indent=2) + "\n")
+    paths["report.md"].write_text(report_markdown(report))
     plot_curves(evaluation.probabilities, evaluation.targets, paths["roc_curves.png"], "roc")
     plot_curves(evaluation.probabilities, evaluation.targets, paths["pr_curves.png"], "pr")
+    if evaluation.uncalibrated is None:
+        calibration.plot_reliability(evaluation.probabilities, evaluation.targets, paths["reliability_diagram.png"])
+    else:
+        calibration.plot_reliability(
+            evaluation.uncalibrated,
+            evaluation.targets,
+            paths["reliability_diagram.png"],
+            calibrated=evaluation.probabilities,
+        )
+    if "subgroup_forest.png" in paths:
+        plot_subgroup_forest(report["subgroups"], paths["subgroup_forest.png"])
     return paths

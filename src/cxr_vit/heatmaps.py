@@ -1,14 +1,15 @@
-"""Heatmaps of where the ViT looked for a finding: Grad-CAM on the tokens of the last block.
+"""Heatmaps of where the ViT looked for a finding: Grad-CAM on the tokens of the last block, and overlays.
 
 Method: Grad-CAM (Selvaraju et al. 2017) adapted to ViT, as in pytorch-grad-cam's ViT recipe: the patch
 tokens *entering* the last block's attention (the output of ``blocks[-1].norm1``) are the feature map; each
 channel is weighted by the mean gradient of one label's logit over the patches, the weighted sum is ReLU'd,
-laid out on the patch grid, upsampled to the input size and scaled to [0, 1].
+laid out on the patch grid, upsampled to the input size and scaled to [0, 1]. Why those tokens: with class-token
+pooling, the last block's *output* patch tokens never reach the logits (their gradient is zero); its input tokens
+reach them through the last attention.
 
-Why not attention rollout: rollout is class-agnostic (one map for all 15 outputs, so it cannot say where the
-model saw Effusion as opposed to Cardiomegaly) and needs the attention matrices, which timm's fused SDPA
-attention never materialises. Why those tokens: with class-token pooling, the last block's *output* patch
-tokens never reach the logits (their gradient is zero); its input tokens reach them through the last attention.
+Grad-CAM is one of the explainers of :mod:`cxr_vit.explainers` (with attention rollout and Chefer et al.'s
+gradient-weighted rollout); the registry there decides which one draws the maps of prediction, the demo and the
+evaluation report.
 
 Maps are drawn on the image as the model saw it (the eval transform's resize and center crop), so every
 heatmap pixel lines up with the pixel it explains.
@@ -26,11 +27,19 @@ from PIL import Image, ImageDraw, ImageFont
 from transformers import TimmWrapperForImageClassification
 
 
-def _last_block_norm(model: TimmWrapperForImageClassification) -> torch.nn.Module:
+def model_family(model: TimmWrapperForImageClassification) -> str:
+    """``'convnext_atto' (ConvNeXt)``: the architecture and timm class, for messages about what is supported."""
+    return f"{getattr(model.config, 'architecture', '?')!r} ({type(model.timm_model).__name__})"
+
+
+def grad_cam_layer(model: TimmWrapperForImageClassification) -> torch.nn.Module:
+    """The layer whose output Grad-CAM explains (``blocks[-1].norm1``), or a ValueError naming the family."""
     blocks = getattr(model.timm_model, "blocks", None)
-    if blocks is None or len(blocks) == 0 or not hasattr(blocks[-1], "norm1"):
+    is_stack = isinstance(blocks, (torch.nn.Sequential, torch.nn.ModuleList)) and len(blocks) > 0
+    if not is_stack or not hasattr(blocks[-1], "norm1"):
         raise ValueError(
-            f"Grad-CAM needs a timm Vision Transformer (blocks[-1].norm1); {model.config.architecture!r} has none"
+            f"the 'gradcam' explainer needs a timm Vision Transformer (blocks[-1].norm1); {model_family(model)} is "
+            "not one"
         )
     return blocks[-1].norm1
 
@@ -47,7 +56,7 @@ def grad_cam(
         raise ValueError(f"label_indices must be (batch, k), got {tuple(label_indices.shape)}")
     timm_model = model.timm_model
     captured: dict[str, torch.Tensor] = {}
-    handle = _last_block_norm(model).register_forward_hook(lambda _m, _i, output: captured.update(tokens=output))
+    handle = grad_cam_layer(model).register_forward_hook(lambda _m, _i, output: captured.update(tokens=output))
     try:
         with torch.enable_grad():
             # requires_grad on the input keeps a graph even when the weights are frozen.

@@ -1,32 +1,42 @@
 """Publishing to the Hugging Face Hub: access checks up front, model and dataset pushes with real cards.
 
 Model repos get ``model.safetensors`` (timm-named weights), ``config.json`` (also the image-processor
-config), ``training_curves.png``, the results files and a ``README.md`` rendered from ``model_card/``; they
-open with ``AutoModelForImageClassification``, ``pipeline("image-classification")`` and
-``timm.create_model("hf-hub:<id>", pretrained=True)``. Dataset repos get the folder written by
-``scripts/prepare_data.py`` as is (the ``push_to_hub`` layout), so ``load_dataset(<id>)`` works, streaming too.
+config), ``training_curves.png``, the results files, the evaluation report when there is one (``evaluation/``:
+report.json, report.md, its figures, thresholds.json) and a ``README.md`` rendered by
+:func:`cxr_vit.cards.render_model_card`; they open with ``AutoModelForImageClassification``,
+``pipeline("image-classification")`` and ``timm.create_model("hf-hub:<id>", pretrained=True)``. Dataset repos get
+the folder written by ``scripts/prepare_data.py`` as is (the ``push_to_hub`` layout), so ``load_dataset(<id>)``
+works, streaming too. Cards are rendered in :mod:`cxr_vit.cards`; this module only talks to the Hub.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
 import tempfile
-from importlib.metadata import version
 from pathlib import Path
 
-import yaml
-from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
+from huggingface_hub import HfApi
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import render_card
-from .constants import FINDINGS, LABELS, NO_FINDING, TRAINING_CURVES_NAME
+from .cards import REPORT_DIR, find_report, render_model_card, write_model_card
+from .constants import TRAINING_CURVES_NAME
 
 logger = logging.getLogger(__name__)
+
+# write_model_card is re-exported for scripts/train.py, which imports it from here.
+__all__ = [
+    "MODEL_FILES",
+    "HubAccessError",
+    "check_push_access",
+    "push_dataset",
+    "push_model",
+    "render_model_card",
+    "write_model_card",
+]
 
 MODEL_FILES = (
     "model.safetensors",
@@ -75,123 +85,39 @@ def check_push_access(
     return full_id
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def render_model_card(model_dir: str | os.PathLike, repo_id: str | None = None) -> ModelCard:
-    """The model card of a training output folder; every number comes from its results files."""
-    model_dir = Path(model_dir)
-    config = _read_json(model_dir / "config.json")
-    results = {**_read_json(model_dir / "all_results.json"), **_read_json(model_dir / "test_results.json")}
-    run_args = (
-        yaml.safe_load((model_dir / "run_args.yaml").read_text()) if (model_dir / "run_args.yaml").is_file() else {}
-    )
-    model_args = run_args.get("ModelArguments", {})
-    data_args = run_args.get("DataArguments", {})
-    training_args = run_args.get("CXRTrainingArguments", {})
-    pretrained_cfg = config.get("pretrained_cfg", {})
-    pretrained = bool(model_args.get("pretrained", False))
-    base_model = pretrained_cfg.get("hf_hub_id") if pretrained else None
-    dataset = data_args.get("dataset_name")
-    hub_dataset = dataset if dataset and not Path(dataset).exists() and "/" in dataset else None
-    name = repo_id or model_dir.name
-
-    def metric(key: str) -> float | None:
-        value = results.get(key)
-        return None if value is None else float(value)
-
-    per_label = [(label, metric(f"test_auc_{label}")) for label in LABELS]
-    headline = [("Macro ROC-AUC (14 findings)", metric("test_auc_macro"))]
-    reported = headline + [(f"ROC-AUC {label}", value) for label, value in per_label]
-    eval_results = [
-        EvalResult(
-            task_type="image-classification",
-            dataset_type=hub_dataset or "nih-chestxray14",
-            dataset_name=hub_dataset or f"NIH ChestX-ray14 ({dataset})",
-            dataset_split="test",
-            metric_type="roc_auc",
-            metric_name=metric_name,
-            metric_value=round(value, 4),
-        )
-        for metric_name, value in reported
-        if value is not None
-    ]
-    card_data = ModelCardData(
-        model_name=name,
-        library_name="transformers",
-        pipeline_tag="image-classification",
-        license=pretrained_cfg.get("license", "apache-2.0"),
-        base_model=base_model,
-        datasets=[hub_dataset] if hub_dataset else None,
-        tags=["image-classification", "timm", "medical", "chest-x-ray", "multi-label-classification", "cxr-vit"],
-        eval_results=eval_results or None,
-    )
-    hyperparameters = {
-        key: training_args.get(key)
-        for key in (
-            "learning_rate",
-            "num_train_epochs",
-            "per_device_train_batch_size",
-            "gradient_accumulation_steps",
-            "weight_decay",
-            "lr_scheduler_type",
-            "warmup_steps",
-            "optim",
-            "bf16",
-            "pos_weight",
-            "seed",
-        )
-        if key in training_args
-    }
-    return render_card(
-        "model_card",
-        card_data,
-        repo_id=name,
-        architecture=config.get("architecture", "?"),
-        base_model=base_model,
-        pretrained=pretrained,
-        input_size=pretrained_cfg.get("input_size"),
-        dataset=dataset,
-        per_label=per_label,
-        no_finding=NO_FINDING,
-        num_findings=len(FINDINGS),
-        auc_macro=metric("test_auc_macro"),
-        auc_macro_15=metric("test_auc_macro_15"),
-        auprc_macro=metric("test_auprc_macro"),
-        eval_auc_macro=metric("eval_auc_macro"),
-        test_samples=results.get("test_samples"),
-        hyperparameters=hyperparameters,
-        has_curves=(model_dir / TRAINING_CURVES_NAME).is_file(),
-        versions={lib: version(lib) for lib in ("transformers", "timm", "torch", "datasets")},
-    )
-
-
-def write_model_card(model_dir: str | os.PathLike, repo_id: str | None = None) -> Path:
-    path = Path(model_dir) / "README.md"
-    render_model_card(model_dir, repo_id).save(path)
-    return path
-
-
 def push_model(
     model_dir: str | os.PathLike,
     repo_id: str,
     token: str | None = None,
     private: bool | None = None,
     commit_message: str = "Upload cxr-vit model",
+    report: str | os.PathLike | None = None,
 ) -> str:
-    """Upload a training output folder (see ``MODEL_FILES``) with a freshly rendered card; returns the URL."""
+    """Upload a model folder (see ``MODEL_FILES``) with a freshly rendered card; returns the URL.
+
+    The evaluation report the card finds (``report``: a report.json or its folder; default
+    ``<model_dir>/evaluation``, see :mod:`cxr_vit.cards`) goes up too, as ``evaluation/``. A ``report`` that is
+    missing or about other weights raises :class:`cxr_vit.cards.ReportMismatchError` before anything is pushed.
+    """
+    from .evaluation import REPORT_FILES
+
     model_dir = Path(model_dir)
     for required in ("model.safetensors", "config.json"):
         if not (model_dir / required).is_file():
             raise FileNotFoundError(f"{model_dir} has no {required}: is it a cxr-vit training output folder?")
+    found = find_report(model_dir, report)
     repo_id = check_push_access(repo_id, token=token, private=private)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_push_") as staging:
         # Stage exactly what belongs on the Hub: no optimizer states or checkpoints, one commit.
         for name in MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, Path(staging) / name)
-        render_model_card(model_dir, repo_id).save(Path(staging) / "README.md")
+        if found:
+            (Path(staging) / REPORT_DIR).mkdir()
+            for name in REPORT_FILES:
+                if (found[1].parent / name).is_file():
+                    shutil.copy2(found[1].parent / name, Path(staging) / REPORT_DIR / name)
+        render_model_card(model_dir, repo_id, found[1] if found else None).save(Path(staging) / "README.md")
         commit = HfApi(token=token).upload_folder(
             repo_id=repo_id, folder_path=staging, repo_type="model", commit_message=commit_message
         )

@@ -20,6 +20,14 @@ Scores of one heatmap against one ground-truth (GT) box:
   IoU, not instead of it.
 * accuracy at a threshold T: the share of GT boxes with IoU (or IoBB) >= T. Wang et al. count IoU/IoBB > T;
   with continuous areas the two differ only on exact ties.
+* chance level of the pointing game: the boxes' mean share of the model input (a map that peaks at a uniformly
+  random place hits a box that often).
+
+:func:`localization_section` runs it for a model: every box on an image of the evaluated split, the heatmap of the
+box's finding from one explainer (:mod:`cxr_vit.explainers`) on the model input of the one inference path
+(:class:`cxr_vit.inference.Classifier`), scored as above. Wang et al.'s published figures go beside ours only
+from the table checked against two independent copies of the paper (Table 4); the supplement's tables, found in
+one copy only, stay in :data:`WANG_2017` flagged as such and out of the report.
 """
 
 from __future__ import annotations
@@ -314,6 +322,7 @@ def _summary(scores: list[dict], iou_thresholds: Sequence[float], iobb_threshold
         return {
             "n_boxes": 0,
             "pointing_accuracy": None,
+            "chance_pointing": None,
             "mean_iou": None,
             "mean_iobb": None,
             "iou_accuracy": {_key(t): None for t in iou_thresholds},
@@ -321,9 +330,11 @@ def _summary(scores: list[dict], iou_thresholds: Sequence[float], iobb_threshold
         }
     ious = np.array([s["iou"] for s in scores])
     iobbs = np.array([s["iobb"] for s in scores])
+    shares = [s["box_share"] for s in scores if "box_share" in s]
     return {
         "n_boxes": len(scores),
         "pointing_accuracy": float(np.mean([s["pointing_hit"] for s in scores])),
+        "chance_pointing": float(np.mean(shares)) if len(shares) == len(scores) else None,
         "mean_iou": float(ious.mean()),
         "mean_iobb": float(iobbs.mean()),
         "iou_accuracy": {_key(t): float((ious >= t).mean()) for t in iou_thresholds},
@@ -339,7 +350,8 @@ def localization_summary(
 ) -> dict:
     """Per boxed finding (canonical order) and overall: pointing accuracy, mean IoU/IoBB and accuracy at thresholds.
 
-    ``scores`` are :func:`score_box` results each with a ``label`` key (``heatmap_thresholds``: the ones they
+    ``scores`` are :func:`score_box` results each with a ``label`` key and, optionally, ``box_share`` (the box's
+    share of the map, for the chance level of the pointing game) (``heatmap_thresholds``: the ones they
     were scored with, recorded in the output). Accuracy at T = share of GT boxes with
     IoU (IoBB) >= T; keys of the accuracy dicts are the thresholds as strings (``"0.1"``). A finding without
     boxes has ``n_boxes`` 0 and None elsewhere.
@@ -359,8 +371,13 @@ def localization_summary(
     }
 
 
-def localization_markdown(summary: dict, reference: str | None = "chestxray14_iobb") -> str:
-    """A Markdown section: pointing accuracy and IoU/IoBB accuracies per finding, with Wang et al. beside ours."""
+VERIFIED_REFERENCE = "chestxray8_iobb"  # Table 4: the one table found in two independent copies of the paper
+
+
+def localization_markdown(summary: dict, reference: str | None = VERIFIED_REFERENCE, notes: Sequence[str] = ()) -> str:
+    """A Markdown section: pointing accuracy (and its chance level) and IoU/IoBB accuracies per finding, with
+    Wang et al. beside ours (``reference``: a key of ``WANG_2017["tables"]``; a table found in one copy only is
+    flagged as unverified). ``notes`` go under the heading."""
     rows_spec = [("Overall", summary["overall"])] + list(summary["findings"].items())
     iou_keys = list(summary["overall"]["iou_accuracy"])
     iobb_keys = list(summary["overall"]["iobb_accuracy"])
@@ -368,14 +385,18 @@ def localization_markdown(summary: dict, reference: str | None = "chestxray14_io
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    headers = ["Finding", "Boxes", "Pointing"] + [f"IoU>={k}" for k in iou_keys] + [f"IoBB>={k}" for k in iobb_keys]
+    chance = summary["overall"].get("chance_pointing") is not None
+    headers = ["Finding", "Boxes", "Pointing"] + (["Chance"] if chance else [])
+    headers += [f"IoU>={k}" for k in iou_keys] + [f"IoBB>={k}" for k in iobb_keys]
     body = [
         [name, str(entry["n_boxes"]), cell(entry["pointing_accuracy"])]
+        + ([cell(entry.get("chance_pointing"))] if chance else [])
         + [cell(entry["iou_accuracy"][k]) for k in iou_keys]
         + [cell(entry["iobb_accuracy"][k]) for k in iobb_keys]
         for name, entry in rows_spec
     ]
-    lines = ["## Localization", "", _markdown_table(headers, body), ""]
+    lines = ["## Localization", ""] + [line for note in notes for line in (note, "")]
+    lines += [_markdown_table(headers, body), ""]
     if reference:
         table = WANG_2017["tables"][reference]
         keys, findings = list(table["accuracy"]), WANG_2017["findings"]
@@ -390,9 +411,14 @@ def localization_markdown(summary: dict, reference: str | None = "chestxray14_io
             ]
             for column, label in enumerate(findings)
         ]
+        verified = (
+            ""
+            if table["independent_copies"] >= 2
+            else (" **Unverified transcription**: this table was found in one text extraction of the paper only.")
+        )
         lines += [
             f"Published reference: {WANG_2017['source']}, {table['table']}: a ResNet-50 with its own heatmaps, so "
-            "a reference point, not the same model or protocol. `-` in our columns: threshold not computed.",
+            f"a reference point, not the same model or protocol. `-` in our columns: threshold not computed.{verified}",
             "",
             _markdown_table(ref_headers, ref_rows),
             "",
@@ -410,3 +436,54 @@ def localization_markdown(summary: dict, reference: str | None = "chestxray14_io
 def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     lines = [list(headers), ["---"] * len(headers), *rows]
     return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
+
+
+# ---- a model's heatmaps against the boxes --------------------------------------------------------------------
+
+
+def localization_section(
+    classifier, dataset, boxes: pd.DataFrame, explainer: str | None = None, batch_size: int = 32, bbox_csv: str = "?"
+) -> dict:
+    """Score ``explainer``'s heatmap of each box's finding on the box's image, for the boxes on ``dataset``'s images.
+
+    ``classifier`` is the :class:`cxr_vit.inference.Classifier` of the evaluation (its preprocessing makes the
+    model inputs), ``dataset`` the evaluated split (``image`` and ``image_id`` columns), ``boxes``
+    :func:`read_bbox_csv`'s frame of the file ``bbox_csv``. The explainer is chosen by
+    :func:`cxr_vit.explainers.resolve_explainer`. Returns :func:`localization_summary` plus what was scored.
+    """
+    import torch
+
+    from .constants import LABEL2ID
+    from .explainers import get_explainer, resolve_explainer
+
+    model = classifier.model
+    name, choice = resolve_explainer(model, explainer)
+    explain = get_explainer(name)
+    if "image_id" not in dataset.column_names:
+        raise ValueError("the evaluated split has no 'image_id' column to match the boxes' 'Image Index' with")
+    rows = {image_id: row for row, image_id in enumerate(dataset["image_id"])}
+    matched = boxes[boxes["image_id"].isin(rows)]
+    size, crop_pct = model_input_geometry(model)
+    scores = []
+    for start in range(0, len(matched), batch_size):
+        chunk = matched.iloc[start : start + batch_size]
+        images = [dataset[rows[image_id]]["image"] for image_id in chunk["image_id"]]
+        pixels = classifier.inputs(classifier.squares(images))
+        labels = torch.tensor([[LABEL2ID[label]] for label in chunk["label"]])
+        maps = explain(model, pixels, labels)[:, 0].float().cpu().numpy()
+        for record, image, heatmap in zip(chunk.itertuples(), images, maps, strict=True):
+            box = box_to_input(
+                (record.x, record.y, record.w, record.h), image_size=image.size, input_size=size, crop_pct=crop_pct
+            )
+            scores.append({"label": record.label, "box_share": box[2] * box[3] / size**2, **score_box(heatmap, box)})
+    return {
+        "bbox_csv": str(bbox_csv),
+        "explainer": name,
+        "explainer_choice": choice,
+        "n_boxes_in_file": int(len(boxes)),
+        "n_boxes_scored": len(scores),
+        "n_images": int(matched["image_id"].nunique()),
+        "n_boxes_cropped": int(sum(s["box_share"] == 0 for s in scores)),
+        "reference": VERIFIED_REFERENCE,
+        **localization_summary(scores),
+    }

@@ -3,8 +3,10 @@
 A ``Predictor`` wraps a saved cxr-vit model (folder or Hub id) in the one inference path
 (:class:`cxr_vit.inference.Classifier`: the same preprocessing and precision as the Trainer's evaluation and the
 evaluation report) with per-label thresholds: a ``thresholds.json`` written by ``scripts/evaluate.py``, or the ones
-``evaluate.py --save_thresholds`` stored in ``config.json``; without either it uses 0.5 and says so. Files that
-cannot be decoded are reported by name and skipped, never a crash halfway through a folder.
+``evaluate.py --save_thresholds`` stored in ``config.json``; without either it uses 0.5 and says so. Heatmaps come
+from the explainer registry (:mod:`cxr_vit.explainers`, the same one the evaluation report scores): the one asked
+for, else the default, else Grad-CAM where the model's family needs it. Files that cannot be decoded are reported by
+name and skipped, never a crash halfway through a folder.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ from transformers import AutoModelForImageClassification, TimmWrapperForImageCla
 from .constants import FINDINGS, LABEL2ID, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
-from .heatmaps import grad_cam, heatmap_panel
+from .explainers import ExplainerError, get_explainer, resolve_explainer
+from .heatmaps import heatmap_panel
 from .inference import Classifier
 
 logger = logging.getLogger(__name__)
@@ -137,6 +140,10 @@ class Predictor:
         device / precision: see :class:`cxr_vit.inference.Classifier`.
         thresholds_file: a ``thresholds.json`` of scripts/evaluate.py; default: the thresholds stored in the
             model's config.json, else 0.5 for every label.
+        explainer: the heatmap method (:func:`cxr_vit.explainers.resolve_explainer`): one that cannot explain the
+            model raises :class:`cxr_vit.explainers.ExplainerError` here; without one, the default or the fallback,
+            and where neither fits ``explainer`` is None and asking for heatmaps raises (``explainer_source`` says
+            why).
     """
 
     def __init__(
@@ -145,6 +152,7 @@ class Predictor:
         device: str | torch.device | None = None,
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
+        explainer: str | None = None,
     ):
         self.classifier = Classifier(model, device=device, precision=precision)
         self.model, self.device = self.classifier.model, self.classifier.device
@@ -152,6 +160,12 @@ class Predictor:
             self.thresholds, self.thresholds_source = load_thresholds_file(thresholds_file)
         else:
             self.thresholds, self.thresholds_source = load_thresholds(model.config)
+        try:
+            self.explainer, self.explainer_source = resolve_explainer(self.model, explainer)
+        except ExplainerError as err:
+            if explainer is not None:
+                raise
+            self.explainer, self.explainer_source = None, str(err)
 
     @classmethod
     def from_pretrained(
@@ -160,17 +174,22 @@ class Predictor:
         device: str | None = None,
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
+        explainer: str | None = None,
     ) -> Predictor:
-        return cls(load_model(name_or_path), device=device, precision=precision, thresholds_file=thresholds_file)
+        model = load_model(name_or_path)
+        return cls(model, device=device, precision=precision, thresholds_file=thresholds_file, explainer=explainer)
 
     def positives(self, probabilities: np.ndarray) -> list[str]:
         return [label for label, p, t in zip(LABELS, probabilities, self.thresholds, strict=True) if p >= t]
 
     def heatmaps(self, squares: torch.Tensor, probabilities: np.ndarray, top_k: int = 3) -> list[Image.Image]:
-        """Per image, a panel: the input view and Grad-CAM overlays of its ``top_k`` most probable findings."""
+        """Per image, a panel: the input view and the explainer's overlays of its ``top_k`` most probable findings."""
+        if self.explainer is None:
+            raise ExplainerError(self.explainer_source)
         finding_ids = np.array([LABEL2ID[label] for label in FINDINGS])  # "No Finding" has nowhere to look
         order = finding_ids[np.argsort(-probabilities[:, finding_ids], axis=1, kind="stable")[:, :top_k]]
-        maps = grad_cam(self.model, self.classifier.inputs(squares), torch.as_tensor(order)).cpu().numpy()
+        explain = get_explainer(self.explainer)
+        maps = explain(self.model, self.classifier.inputs(squares), torch.as_tensor(order)).float().cpu().numpy()
         panels = []
         for square, ranks, image_maps, probs in zip(squares.numpy(), order, maps, probabilities, strict=True):
             captions = [f"{LABELS[i]} {probs[i]:.2f}" for i in ranks]

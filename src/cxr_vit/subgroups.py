@@ -359,14 +359,16 @@ def _gap_cell(gap: dict) -> str:
     return "n/a" if gap["gap"] is None else f"{gap['gap']:.3f} ({gap['max_group']} > {gap['min_group']})"
 
 
-def _underdiagnosis_cell(entry: dict) -> str:
+def underdiagnosis_cell(entry: dict) -> str:
+    """``12/80: 0.150 [0.080, 0.230]``, or the counts with the reason there is no rate."""
     counts = f"{entry['numerator']}/{entry['denominator']}"
     if entry["value"] is not None:
         return f"{counts}: {_ci(entry)}"
     return counts if entry["note"].startswith("counts only") else f"{counts} {entry['note']}"
 
 
-def _macro_cell(entry: dict) -> str:
+def macro_cell(entry: dict) -> str:
+    """A group's macro AUC with its CI and how many findings it averages, or why it has none."""
     macro = entry["auc_macro"]
     if macro["value"] is None:
         return macro.get("note") or "n/a"
@@ -381,8 +383,8 @@ def subgroup_markdown(report: dict) -> str:
     lines = [
         "## Subgroup analysis",
         "",
-        f"All images: macro ROC-AUC {_macro_cell(overall)}; underdiagnosed "
-        f"{_underdiagnosis_cell(overall['underdiagnosis'])}.",
+        f"All images: macro ROC-AUC {macro_cell(overall)}; underdiagnosed "
+        f"{underdiagnosis_cell(overall['underdiagnosis'])}.",
         "",
     ]
     for attribute, section in report["attributes"].items():
@@ -394,8 +396,8 @@ def subgroup_markdown(report: dict) -> str:
                 name,
                 str(entry["n_images"]),
                 str(entry["n_patients"]),
-                entry["note"] or _macro_cell(entry),
-                _underdiagnosis_cell(entry["underdiagnosis"]),
+                entry["note"] or macro_cell(entry),
+                underdiagnosis_cell(entry["underdiagnosis"]),
             ]
             for name, entry in groups.items()
         ]
