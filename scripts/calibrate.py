@@ -25,13 +25,13 @@ import shutil
 import sys
 from pathlib import Path
 
+from cxr_vit import Classifier, NIHDataError, load_chestxray14, load_model, save_model
 from cxr_vit.calibration import BIAS_CHOICES, calibrate_model, fit_calibration, logits_from_probabilities
 from cxr_vit.cards import write_model_card
+from cxr_vit.cli import add_dataset_arguments, add_model_arguments, add_runtime_arguments, check_runtime_arguments
 from cxr_vit.constants import LABELS, TRAINING_CURVES_NAME
-from cxr_vit.data import DEFAULT_SPLIT_SEED, NIHDataError, check_prepared_features, load_chestxray14
-from cxr_vit.inference import PRECISIONS, Classifier
-from cxr_vit.modeling import save_model
-from cxr_vit.prediction import ModelLoadError, load_model
+from cxr_vit.data import select_splits
+from cxr_vit.prediction import ModelLoadError
 
 # What the training run left beside the weights that still describes the calibrated model (AUCs do not change).
 RECORD_FILES = (
@@ -54,37 +54,20 @@ def check_output_dir(model: str, output_dir: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id (only read).")
-    parser.add_argument("--dataset_name", required=True, help="A prepared dataset folder or Hub id.")
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--split", default="validation", help="Where T and b are fitted (default: validation).")
-    parser.add_argument(
-        "--split_seed",
-        type=int,
-        default=DEFAULT_SPLIT_SEED,
-        help="For a dataset without validation/test splits: the seed they are carved with (as in train.py).",
-    )
+    add_model_arguments(parser)
+    add_dataset_arguments(parser, "validation", "Where T and b are fitted (default: validation).")
     parser.add_argument("--output_dir", required=True, help="The new model folder (must not exist or be empty).")
     parser.add_argument("--bias", default="auto", choices=BIAS_CHOICES, help="Fit a bias per label (see above).")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-    parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU with native bf16, else fp32."
-    )
+    add_runtime_arguments(parser, batch_size=64, workers="DataLoader processes.")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
+    check_runtime_arguments(parser, args)
     output_dir = Path(args.output_dir)
 
     try:
         check_output_dir(args.model, output_dir)
         model = load_model(args.model)
         dataset = load_chestxray14(args.dataset_name, args.dataset_config_name, args.split_seed)
-        if args.split not in dataset:
-            raise ValueError(f"{args.dataset_name} has no split {args.split!r} (it has {list(dataset)})")
-        split = dataset[args.split]
-        check_prepared_features(split, f"{args.dataset_name}[{args.split}]")
+        (split,) = select_splits(dataset, [args.split], args.dataset_name)
     except (ModelLoadError, NIHDataError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

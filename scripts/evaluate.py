@@ -26,7 +26,9 @@ import logging
 import sys
 from pathlib import Path
 
-from cxr_vit.data import DEFAULT_SPLIT_SEED, NIHDataError, check_prepared_features, load_chestxray14
+from cxr_vit import NIHDataError, load_chestxray14, load_model
+from cxr_vit.cli import add_dataset_arguments, add_model_arguments, add_runtime_arguments, check_runtime_arguments
+from cxr_vit.data import select_splits
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     THRESHOLDS_FILE,
@@ -38,21 +40,8 @@ from cxr_vit.evaluation import (
     write_thresholds,
 )
 from cxr_vit.explainers import EXPLAINERS, ExplainerError, resolve_explainer
-from cxr_vit.inference import PRECISIONS
 from cxr_vit.localization import read_bbox_csv
-from cxr_vit.prediction import ModelLoadError, load_model
-
-
-def load_splits(name: str, config: str | None, split: str, validation_split: str, split_seed: int) -> tuple:
-    """The evaluated and validation splits, or a ValueError that names the dataset and what is missing."""
-    dataset = load_chestxray14(name, config, split_seed)
-    for wanted in (split, validation_split):
-        if wanted not in dataset:
-            raise ValueError(f"{name} has no split {wanted!r} (it has {list(dataset)})")
-        check_prepared_features(dataset[wanted], f"{name}[{wanted}]")  # image + 15 labels, as training needs
-        if "patient_id" not in dataset[wanted].column_names:  # the bootstrap resamples patients
-            raise ValueError(f"split {wanted!r} of {name} has no 'patient_id' column: prepare it with cxr-vit")
-    return dataset[split], dataset[validation_split]
+from cxr_vit.prediction import ModelLoadError
 
 
 def section_summary(report: dict, split: str) -> list[str]:
@@ -87,29 +76,13 @@ def section_summary(report: dict, split: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id.")
-    parser.add_argument("--dataset_name", required=True, help="A prepared dataset folder or Hub id.")
-    parser.add_argument("--dataset_config_name", default=None)
-    parser.add_argument("--split", default="test", help="The split to report on (default: test).")
+    add_model_arguments(parser, ensemble="heatmaps and the calibration's before/after are the first model's")
+    add_dataset_arguments(parser, "test", "The split to report on (default: test).")
     parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
-    parser.add_argument(
-        "--split_seed",
-        type=int,
-        default=DEFAULT_SPLIT_SEED,
-        help="For a dataset without validation/test splits: the seed they are carved with (as in train.py).",
-    )
     parser.add_argument("--output_dir", required=True, help="Where report.json/.md and the curves go.")
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="Patient resamples for the CIs.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the bootstrap.")
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-    parser.add_argument(
-        "--precision",
-        default="auto",
-        choices=PRECISIONS,
-        help="auto: bf16 on a GPU with native bf16, else fp32.",
-    )
+    add_runtime_arguments(parser, batch_size=64, workers="DataLoader processes.")
     parser.add_argument(
         "--bbox_csv",
         default=None,
@@ -128,8 +101,15 @@ def main(argv: list[str] | None = None) -> int:
         help="Also store the chosen thresholds in the model's config.json, for predict.py and app.py.",
     )
     args = parser.parse_args(argv)
-    if args.n_bootstrap < 1 or args.batch_size < 1:
-        parser.error("--n_bootstrap and --batch_size must be at least 1")
+    check_runtime_arguments(parser, args)
+    if args.n_bootstrap < 1:
+        parser.error("--n_bootstrap must be at least 1")
+    if args.save_thresholds and (len(args.model) > 1 or args.tta > 1):
+        parser.error(
+            "thresholds chosen on averaged probabilities belong to that averaging, not to one model's config: use the "
+            "thresholds.json this writes with predict.py --thresholds and the same --model / --tta"
+        )
+    names, args.model = args.model, args.model[0]
 
     if args.explainer and not args.bbox_csv:
         parser.error("--explainer draws the heatmaps scored against --bbox_csv: give --bbox_csv too")
@@ -137,10 +117,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         boxes = read_bbox_csv(args.bbox_csv) if args.bbox_csv else None  # a bad file fails before any inference
         model = load_model(args.model)
+        ensemble = [load_model(name) for name in names[1:]]
         if boxes is not None:
             resolve_explainer(model, args.explainer)  # an explainer that cannot explain the model, likewise
-        evaluated, validation = load_splits(
-            args.dataset_name, args.dataset_config_name, args.split, args.validation_split, args.split_seed
+        dataset = load_chestxray14(args.dataset_name, args.dataset_config_name, args.split_seed)
+        # the bootstrap resamples patients
+        evaluated, validation = select_splits(
+            dataset, [args.split, args.validation_split], args.dataset_name, columns=["patient_id"]
         )
         if boxes is not None and "image_id" not in evaluated.column_names:
             raise ValueError(
@@ -170,14 +153,21 @@ def main(argv: list[str] | None = None) -> int:
         boxes=boxes,
         explainer=args.explainer,
         bbox_csv=args.bbox_csv,
+        tta=args.tta,
+        ensemble=ensemble,
     )
     evaluation.report.update(
-        model=args.model, dataset=args.dataset_name, split=args.split, validation_split=args.validation_split
+        model=args.model,
+        models=names,
+        dataset=args.dataset_name,
+        split=args.split,
+        validation_split=args.validation_split,
     )
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     info = {"rule": THRESHOLD_RULE, "dataset": args.dataset_name, "split": args.validation_split, "model": args.model}
+    info.update(models=names, tta=args.tta)  # predict.py checks that it averages the same way
     evaluation.report["thresholds_file"] = str(
         write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info)
     )

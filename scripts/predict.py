@@ -20,8 +20,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cxr_vit.cli import add_model_arguments, add_runtime_arguments, check_runtime_arguments
 from cxr_vit.explainers import EXPLAINERS, ExplainerError
-from cxr_vit.inference import PRECISIONS
 from cxr_vit.prediction import (
     ModelLoadError,
     Predictor,
@@ -36,7 +36,7 @@ from cxr_vit.prediction import (
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files and/or folders.")
-    parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id.")
+    add_model_arguments(parser, ensemble="heatmaps and stored thresholds are the first model's")
     parser.add_argument("--output", required=True, help="CSV file to write.")
     parser.add_argument("--heatmaps", metavar="DIR", help="Write a heatmap overlay PNG per image here.")
     parser.add_argument(
@@ -46,16 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Heatmap method (default: the package default, gradcam where the model's family needs it).",
     )
     parser.add_argument("--heatmap_top_k", type=int, default=3, help="Findings per heatmap panel (default 3).")
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, default=0, help="DataLoader processes that decode images.")
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-    parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU with native bf16, else fp32."
-    )
+    add_runtime_arguments(parser, batch_size=32, workers="DataLoader processes that decode images.")
     parser.add_argument("--thresholds", metavar="JSON", help="A thresholds.json written by scripts/evaluate.py.")
     args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batch_size must be at least 1")
+    check_runtime_arguments(parser, args)
     if not 1 <= args.heatmap_top_k <= 14:
         parser.error("--heatmap_top_k must be between 1 and 14")
     if args.explainer and not args.heatmaps:
@@ -64,11 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         paths = find_images(args.paths)
         predictor = Predictor.from_pretrained(
-            args.model,
+            args.model[0],
             device=args.device,
             precision=args.precision,
             thresholds_file=args.thresholds,
             explainer=args.explainer,
+            tta=args.tta,
+            ensemble=args.model[1:],
         )
         if args.heatmaps and predictor.explainer is None:
             raise ExplainerError(f"--heatmaps: {predictor.explainer_source}")

@@ -1,5 +1,6 @@
 """Prediction on files and folders (every PNG flavour, broken files), stored thresholds, Grad-CAM heatmaps."""
 
+import json
 import os
 import subprocess
 import sys
@@ -162,3 +163,30 @@ def test_a_thresholds_file_decides_the_positives_without_touching_the_model(tmp_
     broken.write_text('{"thresholds": {"Hernia": 0.5}}')
     assert main(["--model", str(model), str(XRAY), "--output", str(output), "--thresholds", str(broken)]) == 2
     assert "broken.json: not a thresholds.json" in capsys.readouterr().err
+
+
+def test_tta_and_ensembles_through_the_scripts(prepared_mini, tmp_path, capsys):
+    """predict.py and evaluate.py average fixed views and several models, and say so; thresholds chosen on an
+    average are not stored in one model's config."""
+    first, second = save_tiny_model(tmp_path / "a", seed=0), save_tiny_model(tmp_path / "b", seed=1)
+    predict = load_script(REPO / "scripts" / "predict.py").main
+    images = [str(path) for path in sorted(MINI_IMAGES.glob("*.png"))[:4]]
+    tables = {}
+    for name, models in {"a": [first], "b": [second], "ab": [first, second]}.items():
+        output = tmp_path / f"{name}.csv"
+        flags = [flag for model in models for flag in ("--model", str(model))]
+        assert predict([*flags, *images, "--output", str(output), "--tta", "3"]) == 0
+        tables[name] = pd.read_csv(output)[list(LABELS)].to_numpy()
+    np.testing.assert_allclose(tables["ab"], (tables["a"] + tables["b"]) / 2, atol=2e-6)  # the CSV's 6 decimals
+
+    evaluate = load_script(REPO / "scripts" / "evaluate.py").main
+    common = ["--model", str(first), "--model", str(second), "--dataset_name", str(prepared_mini), "--n_bootstrap", "5"]
+    assert evaluate([*common, "--output_dir", str(tmp_path / "report"), "--tta", "2"]) == 0
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["averaged"] == {"tta_views": 2, "models": 2, "rule": report["averaged"]["rule"]}
+    assert "over 2 fixed views per image" in report["averaged"]["rule"] and "of 2 models" in report["averaged"]["rule"]
+    assert "of 2 models" in (tmp_path / "report" / "report.md").read_text()
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        evaluate([*common, "--output_dir", str(tmp_path / "r2"), "--save_thresholds"])
+    assert "belong to that averaging" in capsys.readouterr().err

@@ -37,7 +37,7 @@ from sklearn.metrics import average_precision_score, multilabel_confusion_matrix
 
 from . import calibration
 from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
-from .inference import Classifier
+from .inference import Classifier, Ensemble
 from .metrics import label_scores
 
 logger = logging.getLogger(__name__)
@@ -271,17 +271,26 @@ def evaluate_model(
     boxes=None,
     explainer: str | None = None,
     bbox_csv: str = "?",
+    tta: int = 1,
+    ensemble: Sequence = (),
 ) -> Evaluation:
     """Predict both splits (:class:`cxr_vit.inference.Classifier`), choose thresholds on ``validation``, report on
     ``evaluated``: discrimination, subgroups, calibration and, with ``boxes`` (:func:`cxr_vit.localization.
     read_bbox_csv` of the file ``bbox_csv``), the localization of ``explainer``'s heatmaps
-    (:func:`cxr_vit.explainers.resolve_explainer`)."""
+    (:func:`cxr_vit.explainers.resolve_explainer`).
+
+    ``tta``: fixed views averaged per image; ``ensemble``: more models whose probabilities are averaged with
+    ``model``'s (:class:`cxr_vit.inference.Ensemble`). Heatmaps and the calibration's before/after are
+    ``model``'s own; the report records what was averaged.
+    """
     from .modeling import timm_state_dict
 
-    classifier = Classifier(model, device=device, precision=precision)
-    val_probabilities, val_targets = classifier.predict_dataset(validation, batch_size, num_workers, "validation")
+    classifier = Classifier(model, device=device, precision=precision, tta=tta)
+    members = [classifier, *(Classifier(other, device=device, precision=precision, tta=tta) for other in ensemble)]
+    predictor = Ensemble(members) if len(members) > 1 else classifier
+    val_probabilities, val_targets = predictor.predict_dataset(validation, batch_size, num_workers, "validation")
     thresholds = choose_thresholds(val_probabilities, val_targets)
-    probabilities, targets = classifier.predict_dataset(evaluated, batch_size, num_workers, "evaluate")
+    probabilities, targets = predictor.predict_dataset(evaluated, batch_size, num_workers, "evaluate")
     boot = bootstrap_report(probabilities, targets, evaluated["patient_id"], n_bootstrap, seed, confidence)
     points = operating_points(probabilities, targets, thresholds)
     labels = {}
@@ -304,11 +313,18 @@ def evaluate_model(
         "precision": "bf16 autocast, fp32 head" if classifier.dtype == torch.bfloat16 else "fp32",
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
         "model_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
+        "averaged": {
+            "tta_views": tta,
+            "models": len(members),
+            "rule": "mean of the probabilities"
+            + (f" over {tta} fixed views per image (centre crop, then corner crops)" if tta > 1 else "")
+            + (f" of {len(members)} models" if len(members) > 1 else ""),
+        },
     }
     options = {"n_bootstrap": n_bootstrap, "seed": seed, "confidence": confidence}
     report["subgroups"] = subgroup_section(evaluated, probabilities, targets, thresholds, **options)
     report["calibration"], uncalibrated = calibration_section(
-        classifier, evaluated, probabilities, targets, batch_size, num_workers
+        classifier, evaluated, probabilities, targets, batch_size, num_workers, single_model=len(members) == 1
     )
     if boxes is not None:
         from .localization import localization_section
@@ -343,7 +359,9 @@ def subgroup_section(evaluated, probabilities: np.ndarray, targets: np.ndarray, 
     return {"available": True, "missing_columns": missing, **report}
 
 
-def calibration_section(classifier, evaluated, probabilities, targets, batch_size: int, num_workers: int):
+def calibration_section(
+    classifier, evaluated, probabilities, targets, batch_size: int, num_workers: int, single_model: bool = True
+):
     """(per-label ECE, Brier and reliability bins of the model's probabilities, and for a temperature-scaled model also
     of its probabilities before the scaling; those probabilities or None).
 
@@ -353,10 +371,10 @@ def calibration_section(classifier, evaluated, probabilities, targets, batch_siz
     """
     section = {"model": calibration.calibration_report(probabilities, targets), "uncalibrated": None, "scaling": None}
     record = getattr(classifier.model.config, calibration.CALIBRATION_KEY, None)
-    if not record:
+    if not record or not single_model:  # an ensemble's average has no single "before"
         return section, None
     original = calibration.uncalibrated_model(classifier.model)
-    before = Classifier(original, device=classifier.device, precision=precision_name(classifier))
+    before = Classifier(original, device=classifier.device, precision=precision_name(classifier), tta=classifier.tta)
     uncalibrated, _ = before.predict_dataset(evaluated, batch_size, num_workers, "uncalibrated")
     section["uncalibrated"] = calibration.calibration_report(uncalibrated, targets)
     section["scaling"] = record
@@ -471,7 +489,10 @@ def report_markdown(report: dict) -> str:
         "threshold. Sensitivity, specificity, PPV and F1 are measured on the evaluated split.",
         "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives); "
         "a label without an AUC is left out of the macro average.",
-        f"- Inference: timm's eval transform of the model, {report.get('precision', 'fp32')}.",
+        f"- Inference: timm's eval transform of the model, {report.get('precision', 'fp32')}; probabilities: "
+        f"{report.get('averaged', {}).get('rule', 'one view of one model')}"
+        + (f" ({', '.join(report['models'])})" if len(report.get("models") or []) > 1 else "")
+        + ".",
         *checklist_markdown(report.get("checklist", [])),
         "",
     ]

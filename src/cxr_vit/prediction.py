@@ -30,7 +30,7 @@ from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
 from .explainers import ExplainerError, get_explainer, resolve_explainer
 from .heatmaps import heatmap_panel
-from .inference import Classifier
+from .inference import Classifier, Ensemble
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,12 @@ def load_thresholds(config) -> tuple[np.ndarray, str]:
     return values, f"thresholds from config.json: {info.get('rule', 'stored per-label thresholds')}"
 
 
-def load_thresholds_file(path: str | os.PathLike) -> tuple[np.ndarray, str]:
-    """(thresholds in canonical order, where they came from) from a ``thresholds.json`` of scripts/evaluate.py."""
+def load_thresholds_file(path: str | os.PathLike, tta: int = 1, models: int = 1) -> tuple[np.ndarray, str]:
+    """(thresholds in canonical order, where they came from) from a ``thresholds.json`` of scripts/evaluate.py.
+
+    Thresholds fit the probabilities they were chosen on: when the file says they were chosen with another
+    number of test-time views or ensemble members than ``tta`` / ``models``, the source says so.
+    """
     try:
         content = json.loads(Path(path).read_text())
         stored = content["thresholds"]
@@ -119,7 +123,14 @@ def load_thresholds_file(path: str | os.PathLike) -> tuple[np.ndarray, str]:
         raise ModelLoadError(
             f"{path}: not a thresholds.json of scripts/evaluate.py with a number for each of the 15 labels ({err})"
         ) from None
-    return values, f"thresholds from {path}: {content.get('rule', 'per-label thresholds')}"
+    source = f"thresholds from {path}: {content.get('rule', 'per-label thresholds')}"
+    chosen = (content.get("tta", 1), len(content.get("models") or [None]))
+    if chosen != (tta, models):
+        source += (
+            f" (warning: chosen on {chosen[0]} view(s) of {chosen[1]} model(s), predicting with {tta} view(s) of "
+            f"{models} model(s))"
+        )
+    return values, source
 
 
 @dataclass
@@ -137,7 +148,9 @@ class Predictor:
 
     Args:
         model: a loaded cxr-vit model (:func:`load_model`).
-        device / precision: see :class:`cxr_vit.inference.Classifier`.
+        device / precision / tta: see :class:`cxr_vit.inference.Classifier`.
+        ensemble: more loaded models whose probabilities are averaged with ``model``'s
+            (:class:`cxr_vit.inference.Ensemble`); heatmaps stay ``model``'s.
         thresholds_file: a ``thresholds.json`` of scripts/evaluate.py; default: the thresholds stored in the
             model's config.json, else 0.5 for every label.
         explainer: the heatmap method (:func:`cxr_vit.explainers.resolve_explainer`): one that cannot explain the
@@ -153,11 +166,15 @@ class Predictor:
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
         explainer: str | None = None,
+        tta: int = 1,
+        ensemble: Sequence[TimmWrapperForImageClassification] = (),
     ):
-        self.classifier = Classifier(model, device=device, precision=precision)
+        self.classifier = Classifier(model, device=device, precision=precision, tta=tta)
         self.model, self.device = self.classifier.model, self.classifier.device
+        members = [Classifier(other, device=device, precision=precision, tta=tta) for other in ensemble]
+        self.ensemble = Ensemble([self.classifier, *members]) if members else None
         if thresholds_file is not None:
-            self.thresholds, self.thresholds_source = load_thresholds_file(thresholds_file)
+            self.thresholds, self.thresholds_source = load_thresholds_file(thresholds_file, tta, 1 + len(members))
         else:
             self.thresholds, self.thresholds_source = load_thresholds(model.config)
         try:
@@ -175,9 +192,12 @@ class Predictor:
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
         explainer: str | None = None,
+        tta: int = 1,
+        ensemble: Sequence[str | os.PathLike] = (),
     ) -> Predictor:
-        model = load_model(name_or_path)
-        return cls(model, device=device, precision=precision, thresholds_file=thresholds_file, explainer=explainer)
+        """From a model folder or Hub id (and more of them for an ensemble)."""
+        model, others = load_model(name_or_path), [load_model(name) for name in ensemble]
+        return cls(model, device, precision, thresholds_file, explainer, tta=tta, ensemble=others)
 
     def positives(self, probabilities: np.ndarray) -> list[str]:
         return [label for label, p, t in zip(LABELS, probabilities, self.thresholds, strict=True) if p >= t]
@@ -200,7 +220,10 @@ class Predictor:
     def predict(self, images: Sequence[Image.Image], heatmap_top_k: int = 0) -> list[Prediction]:
         """Predictions for decoded images (``path`` left empty); heatmap panels when ``heatmap_top_k`` > 0."""
         squares = self.classifier.squares(images)
-        probabilities = self.classifier.probabilities(squares)
+        if self.ensemble is not None:
+            probabilities = self.ensemble.predict_images(images)
+        else:
+            probabilities = self.classifier.probabilities(squares)
         panels = self.heatmaps(squares, probabilities, heatmap_top_k) if heatmap_top_k > 0 else None
         return [
             Prediction("", probs, self.positives(probs), panels[i] if panels else None)

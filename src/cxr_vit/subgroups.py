@@ -484,7 +484,8 @@ def plot_subgroup_forest(report: dict, path: str | os.PathLike) -> None:
         axis.errorbar(
             macro["value"],
             y,
-            xerr=[[macro["value"] - low], [high - macro["value"]]],
+            # a percentile interval of a small group need not contain the point estimate: no negative bar
+            xerr=[[max(macro["value"] - low, 0.0)], [max(high - macro["value"], 0.0)]],
             fmt="o",
             color="tab:blue",
             capsize=3,

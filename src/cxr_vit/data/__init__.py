@@ -14,7 +14,7 @@ from .prepare import (
     positive_counts,
     prepare_dataset,
 )
-from .schemas import canonical_splits, load_chestxray14
+from .schemas import canonical_splits, load_chestxray14, select_splits
 from .splits import patient_wise_split
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "nih_features",
     "patient_wise_split",
     "positive_counts",
+    "select_splits",
     "prepare_dataset",
     "read_labels_csv",
 ]

@@ -228,6 +228,25 @@ def load_chestxray14(
     return canonical_splits(dataset, name, split_seed)
 
 
+def select_splits(
+    dataset: datasets.DatasetDict, names: Sequence[str], where: str, columns: Sequence[str] = ()
+) -> list[datasets.Dataset]:
+    """The named splits, each checked to hold an image and the 15 labels (and ``columns``), else an error naming
+    the dataset, the split and what is missing."""
+    from .prepare import check_prepared_features
+
+    selected = []
+    for name in names:
+        if name not in dataset:
+            raise NIHDataError(f"{where} has no split {name!r} (it has {list(dataset)})")
+        check_prepared_features(dataset[name], f"{where}[{name}]")
+        missing = [column for column in columns if column not in dataset[name].column_names]
+        if missing:
+            raise NIHDataError(f"split {name!r} of {where} has no {missing} column(s): prepare it with cxr-vit")
+        selected.append(dataset[name])
+    return selected
+
+
 def _canonical(split: datasets.Dataset, where: str) -> datasets.Dataset:
     if _is_canonical(split.features):
         return split

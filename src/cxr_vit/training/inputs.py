@@ -14,13 +14,12 @@ from collections.abc import Callable
 import datasets
 
 from ..data import (
-    NIHDataError,
-    check_prepared_features,
     describe_missing_positives,
     ensure_prepared,
     labels_without_positives,
     load_chestxray14,
     positive_counts,
+    select_splits,
 )
 from ..data.cache import default_cache_dir, ensure_cache
 from ..data.cached_dataset import CachedImageDataset, collate_batch
@@ -50,15 +49,12 @@ def load_splits(data_args: DataArguments, training_args: CXRTrainingArguments) -
             )
     dataset = load_chestxray14(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
     wanted = {"train": data_args.train_split, "eval": data_args.eval_split, "test": data_args.test_split}
+    wanted = {role: name for role, name in wanted.items() if name is not None}
+    selected = select_splits(dataset, list(wanted.values()), data_args.dataset_name)
     splits = {}
-    for role, name in wanted.items():
-        if name is None:
-            continue
-        if name not in dataset:
-            raise NIHDataError(f"{data_args.dataset_name} has no split {name!r} (has {list(dataset)})")
-        check_prepared_features(dataset[name], f"{data_args.dataset_name}[{name}]")
+    for role, split in zip(wanted, selected, strict=True):
         limit = data_args.max_train_samples if role == "train" else data_args.max_eval_samples
-        splits[role] = dataset[name].select(range(min(limit, len(dataset[name])))) if limit else dataset[name]
+        splits[role] = split.select(range(min(limit, len(split)))) if limit else split
     missing = labels_without_positives(positive_counts(splits))
     if missing:
         logger.warning(
