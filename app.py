@@ -21,10 +21,10 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from cxr_vit.constants import LABELS
+from cxr_vit import LABELS, Predictor
 from cxr_vit.data.images import XrayReadError, xray_size
 from cxr_vit.explainers import EXPLAINERS, ExplainerError
-from cxr_vit.prediction import ModelLoadError, Predictor, UnreadableImageError, read_image
+from cxr_vit.prediction import ModelLoadError, UnreadableImageError, read_image
 
 MODEL_ENV = "CXR_VIT_MODEL"
 MAX_FILE_MB = 25  # a 16-bit 3000x3000 DICOM export is ~18 MB; a real NIH PNG is under 1 MB

@@ -19,8 +19,8 @@ import argparse
 import logging
 import sys
 
+from cxr_vit import HubAccessError, push_model
 from cxr_vit.cards import ReportMismatchError
-from cxr_vit.hub import HubAccessError, push_model
 
 
 def main(argv: list[str] | None = None) -> int:

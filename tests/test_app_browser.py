@@ -7,14 +7,12 @@ set (CI), a copy there. It skips only when Debian's chromium / chromium-driver a
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import gradio as gr
 import pytest
+from browser import CHROMEDRIVER, CHROMIUM, free_port, headless_chromium, wait_until_serving
 from conftest import REPO, TEST_DATA
 from inference_helpers import load_script
 from PIL import Image
@@ -22,8 +20,6 @@ from PIL import Image
 from cxr_vit.constants import LABELS
 
 XRAY = TEST_DATA / "00000011_000.png"
-CHROMIUM = shutil.which("chromium")
-CHROMEDRIVER = shutil.which("chromedriver")
 ARTIFACTS_ENV = "CXR_VIT_ARTIFACTS_DIR"
 
 app = load_script(REPO / "app.py")
@@ -58,41 +54,6 @@ def test_bad_uploads_get_a_clear_message(predictor, tmp_path, monkeypatch, conte
 
 
 # ---- the browser ----------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_serving(server: subprocess.Popen, url: str, log_path, timeout: float = 180.0) -> float:
-    """Seconds until the app answers ``url``; fails with the app's output if it dies or never answers."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if server.poll() is not None:
-            pytest.fail(f"app.py exited with {server.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return time.monotonic() - start
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"app.py did not answer {url} within {timeout:.0f} s:\n{log_path.read_text()}")
-
-
-def headless_chromium():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    options = Options()
-    options.binary_location = CHROMIUM
-    # --no-sandbox: CI runs as root; --disable-dev-shm-usage: small /dev/shm in containers.
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,1300"):
-        options.add_argument(argument)
-    # An explicit driver path: Selenium Manager would otherwise try to download one.
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 @pytest.mark.skipif(
