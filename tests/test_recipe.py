@@ -225,6 +225,8 @@ def test_448_px_end_to_end_from_a_224_px_research_checkpoint(tmp_path, prepared_
     assert result.returncode == 0, result.stderr[-3000:]
     assert "initialised the backbone from" in result.stderr and "resampled" in result.stderr
     assert np.load(tmp_path / "c" / "train-497px-bicubic" / "images.npy", mmap_mode="r").shape == (16, 497, 497)
+    card = (tmp_path / "run" / "README.md").read_text()  # the card names the checkpoint, not ImageNet weights
+    assert "research checkpoint `research.pth`" in card and "(ImageNet weights)" not in card
     xray = str(TEST_DATA / "00000011_000.png")
     predict = [sys.executable, "scripts/predict.py", "--model", str(tmp_path / "run"), xray, "--output",
                str(tmp_path / "predictions.csv"), "--heatmaps", str(tmp_path / "heatmaps")]  # fmt: skip

@@ -188,7 +188,8 @@ def render_model_card(
     data_args = run_args.get("DataArguments", {})
     training_args = run_args.get("CXRTrainingArguments", {})
     pretrained_cfg = config.get("pretrained_cfg", {})
-    pretrained = bool(model_args.get("pretrained", False))
+    checkpoint = (config.get("cxr_vit_initialization") or {}).get("checkpoint")  # --pretrained_weights
+    pretrained = bool(model_args.get("pretrained", False)) and not checkpoint
     base_model = pretrained_cfg.get("hf_hub_id") if pretrained else None
     dataset = data_args.get("dataset_name")
     hub_dataset = dataset if dataset and not Path(dataset).exists() and "/" in dataset else None
@@ -249,6 +250,7 @@ def render_model_card(
         architecture=config.get("architecture", "?"),
         base_model=base_model,
         pretrained=pretrained,
+        checkpoint=checkpoint,
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,
         per_label=per_label,
