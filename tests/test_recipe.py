@@ -233,3 +233,29 @@ def test_448_px_end_to_end_from_a_224_px_research_checkpoint(tmp_path, prepared_
     result = subprocess.run(predict, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert Image.open(next((tmp_path / "heatmaps").iterdir())).size == (4 * 256, 256 + 32)
+
+
+# What each backbone family's heatmaps are: supported explainers work, the others are refused by name.
+EXPLAINABLE = {
+    "vit": {"gradcam", "rollout", "grad_rollout"},
+    "deit": {"gradcam", "rollout", "grad_rollout"},
+    "eva": {"gradcam"},
+    "swin": set(),
+    "convnext": set(),
+}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_each_family_has_its_listed_explainers_and_refuses_the_others(family):
+    from cxr_vit.explainers import EXPLAINERS, ExplainerError, get_explainer, resolve_explainer
+
+    name, size, kwargs = FAMILIES[family]
+    model = create_model(name, pretrained=False, image_size=size, model_kwargs=kwargs).eval()
+    for explainer in sorted(EXPLAINERS):
+        if explainer in EXPLAINABLE[family]:
+            chosen, _ = resolve_explainer(model, explainer)
+            maps = get_explainer(chosen)(model, torch.randn(2, 3, size, size), torch.tensor([[0], [4]]))
+            assert maps.shape == (2, 1, size, size) and 0 <= maps.min() <= maps.max() <= 1
+        else:
+            with pytest.raises(ExplainerError, match=name):
+                resolve_explainer(model, explainer)
