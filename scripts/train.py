@@ -30,8 +30,8 @@ from cxr_vit import (
     parse_args,
     push_model,
 )
+from cxr_vit.cards import write_model_card
 from cxr_vit.constants import TRAINING_CURVES_NAME
-from cxr_vit.hub import write_model_card
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
 from cxr_vit.pretrained import CheckpointLoadError

@@ -22,21 +22,12 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import REPORT_DIR, find_report, render_model_card, write_model_card
+from .cards import REPORT_DIR, find_report, render_model_card
 from .constants import TRAINING_CURVES_NAME
 
 logger = logging.getLogger(__name__)
 
-# write_model_card is re-exported for scripts/train.py, which imports it from here.
-__all__ = [
-    "MODEL_FILES",
-    "HubAccessError",
-    "check_push_access",
-    "push_dataset",
-    "push_model",
-    "render_model_card",
-    "write_model_card",
-]
+__all__ = ["MODEL_FILES", "HubAccessError", "check_push_access", "push_dataset", "push_model"]
 
 MODEL_FILES = (
     "model.safetensors",
