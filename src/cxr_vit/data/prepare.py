@@ -230,13 +230,17 @@ def prepare_dataset(
     images_dir: str | os.PathLike,
     labels_csv: str | os.PathLike,
     output_dir: str | os.PathLike,
+    *,
+    record: dict | None = None,
     **build_kwargs,
 ) -> PrepareReport:
     """Build, then write ``output_dir`` (load it with ``datasets.load_dataset(output_dir)``) and its record.
 
-    The builder's Arrow cache lives in a temporary folder, so nothing but ``output_dir`` is left on disk.
+    ``record``: the :mod:`cxr_vit.data.provenance` record of these inputs and settings, when the caller already
+    made it (it reads the label CSV and walks the image folder). The builder's Arrow cache lives in a temporary
+    folder, so nothing but ``output_dir`` is left on disk.
     """
-    record = _record_for(images_dir, labels_csv, build_kwargs)
+    record = record or _record_for(images_dir, labels_csv, build_kwargs)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_build_") as cache_dir:
         dataset, report = build_dataset(images_dir, labels_csv, cache_dir=cache_dir, **build_kwargs)
         card_values = {
@@ -299,6 +303,7 @@ def ensure_prepared(
     rebuilds it (its image caches too). Returns the report of a new preparation.
     """
     output_dir = Path(output_dir)
+    current = None
     if (output_dir / "README.md").is_file() or (output_dir / PREPARE_RECORD).is_file():
         recorded = read_record(output_dir)
         current = _record_for(images_dir, labels_csv, build_kwargs)
@@ -321,4 +326,4 @@ def ensure_prepared(
             elif stale.exists():
                 stale.unlink()
     logger.info("preparing %s from %s and %s", output_dir, images_dir, labels_csv)
-    return prepare_dataset(images_dir, labels_csv, output_dir, **build_kwargs)
+    return prepare_dataset(images_dir, labels_csv, output_dir, record=current, **build_kwargs)
