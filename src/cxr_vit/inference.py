@@ -90,6 +90,7 @@ class Classifier:
         self.geometry = eval_geometry(config)
         self.batch_transform = BatchImageTransform(config)
         self.dtype = autocast_dtype(precision, self.device)
+        self.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what ``auto`` resolved to
 
     def squares(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """The uint8 ``S x S`` squares of decoded images (the CPU half of the preprocessing)."""
@@ -97,9 +98,7 @@ class Classifier:
 
     def inputs(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:
         """Normalised model inputs on the device from uint8 squares (the device half of the preprocessing)."""
-        squares = squares.to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, enabled=False):
-            return self.batch_transform.eval_batch(squares, view)
+        return self.batch_transform(squares.to(self.device, non_blocking=True), training=False, view=view)
 
     @torch.no_grad()
     def logits(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:

@@ -75,7 +75,7 @@ def multilabel_metrics(probabilities: np.ndarray, targets: np.ndarray) -> dict[s
     ``num_labels_without_auc``.
     """
     scores = label_scores(probabilities, targets)
-    metrics = {f"auc_{label}": float(value) for label, value in zip(LABELS, scores.auc, strict=True) if value == value}
+    metrics = {f"auc_{label}": float(v) for label, v in zip(LABELS, scores.auc, strict=True) if np.isfinite(v)}
     metrics["auc_macro"] = scores.macro()
     metrics["auc_macro_15"] = scores.macro(labels=LABELS)
     metrics["auprc_macro"] = scores.macro(scores.auprc)

@@ -219,8 +219,8 @@ class Predictor:
 
     def predict(self, images: Sequence[Image.Image], heatmap_top_k: int = 0) -> list[Prediction]:
         """Predictions for decoded images (``path`` left empty); heatmap panels when ``heatmap_top_k`` > 0."""
-        squares = self.classifier.squares(images)
-        if self.ensemble is not None:
+        squares = self.classifier.squares(images) if self.ensemble is None or heatmap_top_k > 0 else None
+        if self.ensemble is not None:  # each member makes its own squares
             probabilities = self.ensemble.predict_images(images)
         else:
             probabilities = self.classifier.probabilities(squares)

@@ -90,10 +90,11 @@ class BatchImageTransform:
         # queued before it, so one per step would stall the training loop.
         self._constants: dict[torch.device, _Constants] = {}
 
-    def __call__(self, images: torch.Tensor, training: bool) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, training: bool, view: int = 0) -> torch.Tensor:
+        """Training: augmented inputs; otherwise the eval crop ``view`` (:meth:`eval_batch`)."""
         # fp32 whatever autocast is active: inputs are cast once by the model's own layers.
         with torch.autocast(images.device.type, enabled=False):
-            return self.train_batch(images) if training else self.eval_batch(images)
+            return self.train_batch(images) if training else self.eval_batch(images, view)
 
     def train_batch(self, images: torch.Tensor) -> torch.Tensor:
         """Random crop + rotation + shift per image: one ``grid_sample`` for the batch (chunks on CPU)."""
