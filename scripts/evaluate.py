@@ -33,7 +33,6 @@ from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     THRESHOLDS_FILE,
     evaluate_model,
-    format_ci,
     store_thresholds,
     threshold_config_entries,
     write_report,
@@ -41,6 +40,7 @@ from cxr_vit.evaluation import (
 )
 from cxr_vit.explainers import EXPLAINERS, ExplainerError, resolve_explainer
 from cxr_vit.localization import read_bbox_csv
+from cxr_vit.markdown import format_ci
 from cxr_vit.prediction import ModelLoadError
 
 

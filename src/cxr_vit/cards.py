@@ -107,7 +107,7 @@ def find_report(model_dir: str | os.PathLike, report: str | os.PathLike | None =
 
 def card_evaluation(report: dict) -> dict:
     """What the model card shows of a report: the headline, a calibration line, a short subgroup table."""
-    from .evaluation import format_ci
+    from .markdown import format_ci
     from .subgroups import ATTRIBUTE_TITLES, macro_cell, underdiagnosis_cell
 
     calibration = report.get("calibration") or {}

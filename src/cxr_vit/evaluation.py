@@ -38,6 +38,7 @@ from sklearn.metrics import average_precision_score, multilabel_confusion_matrix
 from . import calibration
 from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .inference import Classifier, Ensemble
+from .markdown import format_ci, number, table
 from .metrics import label_scores
 
 logger = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ def evaluate_model(
         "labels": labels,
         "thresholds": thresholds,
         "threshold_rule": THRESHOLD_RULE,
-        "precision": "bf16 autocast, fp32 head" if classifier.dtype == torch.bfloat16 else "fp32",
+        "precision": "bf16 autocast, fp32 head" if classifier.precision == "bf16" else "fp32",
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
         "model_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
         "averaged": {
@@ -374,16 +375,11 @@ def calibration_section(
     if not record or not single_model:  # an ensemble's average has no single "before"
         return section, None
     original = calibration.uncalibrated_model(classifier.model)
-    before = Classifier(original, device=classifier.device, precision=precision_name(classifier), tta=classifier.tta)
+    before = Classifier(original, device=classifier.device, precision=classifier.precision, tta=classifier.tta)
     uncalibrated, _ = before.predict_dataset(evaluated, batch_size, num_workers, "uncalibrated")
     section["uncalibrated"] = calibration.calibration_report(uncalibrated, targets)
     section["scaling"] = record
     return section, uncalibrated
-
-
-def precision_name(classifier: Classifier) -> str:
-    """The ``precision`` argument that gives ``classifier``'s autocast dtype."""
-    return "bf16" if classifier.dtype == torch.bfloat16 else "fp32"
 
 
 # Reporting-checklist topics (not item numbers) that a run can cover, and the report section that covers them.
@@ -423,28 +419,6 @@ def reporting_checklist(report: dict) -> list[dict[str, str]]:
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    """A Markdown table padded to aligned columns, so it reads in a terminal as well as on the Hub."""
-    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
-    lines = [headers, ["-" * width for width in widths], *rows]
-    return "\n".join(
-        "| " + " | ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=True)) + " |" for line in lines
-    )
-
-
-def format_ci(entry: dict) -> str:
-    """``0.612 [0.540, 0.690]`` from an :func:`interval` entry, ``n/a`` parts where undefined."""
-    if entry["value"] is None:
-        return "n/a"
-    if entry["ci_low"] is None:
-        return f"{entry['value']:.3f} [n/a]"
-    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
-
-
-def _number(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def report_markdown(report: dict) -> str:
     """``report.md``: headline macro AUC, a per-finding table in canonical order, No Finding apart."""
     boot, macro = report["bootstrap"], report["auc_macro"]
@@ -455,7 +429,7 @@ def report_markdown(report: dict) -> str:
     def row(label: str, entry: dict) -> list[str]:
         cells = [label, str(entry["positives"]), format_ci(entry["auc"]), format_ci(entry["auprc"])]
         cells += [str(entry["auc"]["n_resamples"]), f"{entry['threshold']:.3f}"]
-        return cells + [_number(entry[key]) for key in ("sensitivity", "specificity", "ppv", "f1")]
+        return cells + [number(entry[key]) for key in ("sensitivity", "specificity", "ppv", "f1")]
 
     lines = [
         "# Evaluation report",
@@ -468,13 +442,13 @@ def report_markdown(report: dict) -> str:
         "",
         "## Findings",
         "",
-        _table(headers, [row(label, report["labels"][label]) for label in FINDINGS]),
+        table(headers, [row(label, report["labels"][label]) for label in FINDINGS], aligned=True),
         "",
         f"## {NO_FINDING}",
         "",
         "Reported apart and not in the macro average, as in the literature.",
         "",
-        _table(headers, [row(NO_FINDING, report["no_finding"])]),
+        table(headers, [row(NO_FINDING, report["no_finding"])], aligned=True),
         "",
         *(calibration_markdown(report["calibration"], report.get("split", "?")) if "calibration" in report else []),
         *(subgroups_markdown(report["subgroups"]) if "subgroups" in report else []),
@@ -517,7 +491,7 @@ def calibration_markdown(section: dict, split: str) -> list[str]:
         headers = ["Label", "Pos", "ECE", "Brier"]
 
         def cells(label: str) -> list[str]:
-            return [_number(model["labels"][label]["ece"]), _number(model["labels"][label]["brier"])]
+            return [number(model["labels"][label]["ece"]), number(model["labels"][label]["brier"])]
 
     else:
         fitted = scaling.get("fitted_on") or {}
@@ -541,11 +515,11 @@ def calibration_markdown(section: dict, split: str) -> list[str]:
             entry = scaling["labels"][label]
             values = [before["labels"][label]["ece"], model["labels"][label]["ece"]]
             values += [before["labels"][label]["brier"], model["labels"][label]["brier"]]
-            return [f"{entry['temperature']:.3f}", f"{entry['bias']:+.3f}", *map(_number, values)]
+            return [f"{entry['temperature']:.3f}", f"{entry['bias']:+.3f}", *map(number, values)]
 
     rows = [[label, str(model["labels"][label]["positives"]), *cells(label)] for label in LABELS]
     lines += [
-        _table(headers, rows),
+        table(headers, rows, aligned=True),
         "",
         f"ECE: {model['binning']}; a bin weighs by its share of the images, so ECE is small for a rare label whose "
         "probabilities are all near 0 even when the few positives are missed: read it with the reliability diagrams "

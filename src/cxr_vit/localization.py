@@ -46,6 +46,7 @@ from scipy import ndimage
 
 from .constants import LABELS
 from .data.nih import NIHDataError
+from .markdown import number, table
 
 # The file spells one finding differently from the Data_Entry labels; every released name is mapped explicitly.
 BBOX_LABELS: dict[str, str] = {
@@ -382,45 +383,42 @@ def localization_markdown(summary: dict, reference: str | None = VERIFIED_REFERE
     iou_keys = list(summary["overall"]["iou_accuracy"])
     iobb_keys = list(summary["overall"]["iobb_accuracy"])
 
-    def cell(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.3f}"
-
     chance = summary["overall"].get("chance_pointing") is not None
     headers = ["Finding", "Boxes", "Pointing"] + (["Chance"] if chance else [])
     headers += [f"IoU>={k}" for k in iou_keys] + [f"IoBB>={k}" for k in iobb_keys]
     body = [
-        [name, str(entry["n_boxes"]), cell(entry["pointing_accuracy"])]
-        + ([cell(entry.get("chance_pointing"))] if chance else [])
-        + [cell(entry["iou_accuracy"][k]) for k in iou_keys]
-        + [cell(entry["iobb_accuracy"][k]) for k in iobb_keys]
+        [name, str(entry["n_boxes"]), number(entry["pointing_accuracy"])]
+        + ([number(entry.get("chance_pointing"))] if chance else [])
+        + [number(entry["iou_accuracy"][k]) for k in iou_keys]
+        + [number(entry["iobb_accuracy"][k]) for k in iobb_keys]
         for name, entry in rows_spec
     ]
     lines = ["## Localization", ""] + [line for note in notes for line in (note, "")]
-    lines += [_markdown_table(headers, body), ""]
+    lines += [table(headers, body), ""]
     if reference:
-        table = WANG_2017["tables"][reference]
-        keys, findings = list(table["accuracy"]), WANG_2017["findings"]
-        measure, field = ("IoU", "iou_accuracy") if table["measure"] == "iou" else ("IoBB", "iobb_accuracy")
+        published = WANG_2017["tables"][reference]
+        keys, findings = list(published["accuracy"]), WANG_2017["findings"]
+        measure, field = ("IoU", "iou_accuracy") if published["measure"] == "iou" else ("IoBB", "iobb_accuracy")
         ref_headers = ["Finding"] + [f"{measure}>{k} Wang" for k in keys] + [f"{measure}>={k} ours" for k in keys]
         ref_rows = [
             [label]
-            + [f"{table['accuracy'][k][column]:.3f}" for k in keys]
+            + [f"{published['accuracy'][k][column]:.3f}" for k in keys]
             + [
-                cell(summary["findings"][label][field][k]) if k in summary["findings"][label][field] else "-"
+                number(summary["findings"][label][field][k]) if k in summary["findings"][label][field] else "-"
                 for k in keys
             ]
             for column, label in enumerate(findings)
         ]
         verified = (
             ""
-            if table["independent_copies"] >= 2
+            if published["independent_copies"] >= 2
             else (" **Unverified transcription**: this table was found in one text extraction of the paper only.")
         )
         lines += [
-            f"Published reference: {WANG_2017['source']}, {table['table']}: a ResNet-50 with its own heatmaps, so "
+            f"Published reference: {WANG_2017['source']}, {published['table']}: a ResNet-50 with its own heatmaps, so "
             f"a reference point, not the same model or protocol. `-` in our columns: threshold not computed.{verified}",
             "",
-            _markdown_table(ref_headers, ref_rows),
+            table(ref_headers, ref_rows),
             "",
         ]
     cuts = ", ".join(f"{t:.3f}" for t in summary["heatmap_thresholds"])
@@ -431,11 +429,6 @@ def localization_markdown(summary: dict, reference: str | None = VERIFIED_REFERE
         "",
     ]
     return "\n".join(lines)
-
-
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [list(headers), ["---"] * len(headers), *rows]
-    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
 
 
 # ---- a model's heatmaps against the boxes --------------------------------------------------------------------

@@ -39,6 +39,7 @@ import numpy as np
 
 from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, NUM_LABELS
 from .evaluation import bootstrap_report, interval
+from .markdown import format_ci, number, table
 
 MIN_IMAGES = 50
 MIN_CASES = 10
@@ -338,23 +339,6 @@ def subgroup_report(
 # ---- outputs -----------------------------------------------------------------------------------------
 
 
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = [list(headers), ["---"] * len(headers), *rows]
-    return "\n".join("| " + " | ".join(str(cell) for cell in line) + " |" for line in lines)
-
-
-def _ci(entry: dict) -> str:
-    if entry.get("value") is None:
-        return entry.get("note") or "n/a"
-    if entry.get("ci_low") is None:
-        return f"{entry['value']:.3f} [n/a]"
-    return f"{entry['value']:.3f} [{entry['ci_low']:.3f}, {entry['ci_high']:.3f}]"
-
-
-def _rate_cell(entry: dict) -> str:
-    return "n/a" if entry["value"] is None else f"{entry['value']:.3f}"
-
-
 def _gap_cell(gap: dict) -> str:
     return "n/a" if gap["gap"] is None else f"{gap['gap']:.3f} ({gap['max_group']} > {gap['min_group']})"
 
@@ -363,7 +347,7 @@ def underdiagnosis_cell(entry: dict) -> str:
     """``12/80: 0.150 [0.080, 0.230]``, or the counts with the reason there is no rate."""
     counts = f"{entry['numerator']}/{entry['denominator']}"
     if entry["value"] is not None:
-        return f"{counts}: {_ci(entry)}"
+        return f"{counts}: {format_ci(entry)}"
     return counts if entry["note"].startswith("counts only") else f"{counts} {entry['note']}"
 
 
@@ -372,7 +356,7 @@ def macro_cell(entry: dict) -> str:
     macro = entry["auc_macro"]
     if macro["value"] is None:
         return macro.get("note") or "n/a"
-    return f"{_ci(macro)} ({len(macro['findings'])}/{len(FINDINGS)} findings)"
+    return f"{format_ci(macro)} ({len(macro['findings'])}/{len(FINDINGS)} findings)"
 
 
 def subgroup_markdown(report: dict) -> str:
@@ -401,7 +385,7 @@ def subgroup_markdown(report: dict) -> str:
             ]
             for name, entry in groups.items()
         ]
-        lines += [_markdown_table(headers, summary), ""]
+        lines += [table(headers, summary), ""]
         notes = [f"{section['unassigned']} images without a valid {attribute.replace('_', ' ')} are in no group."]
         if section["macro_findings_differ"]:
             notes.append("The groups' macro AUCs average different findings (too few cases in some groups).")
@@ -413,16 +397,18 @@ def subgroup_markdown(report: dict) -> str:
         if not evaluated:
             lines += ["No group has enough images for AUCs or rates.", ""]
             continue
-        auc_rows = [[label] + [_ci(groups[name]["labels"][label]["auc"]) for name in evaluated] for label in LABELS]
-        lines += [f"AUC per label [{confidence} CI]:", "", _markdown_table(["Label"] + evaluated, auc_rows), ""]
+        auc_rows = [
+            [label] + [format_ci(groups[name]["labels"][label]["auc"]) for name in evaluated] for label in LABELS
+        ]
+        lines += [f"AUC per label [{confidence} CI]:", "", table(["Label"] + evaluated, auc_rows), ""]
         rate_rows = []
         for label in LABELS:
             rates = [groups[name]["labels"][label] for name in evaluated]
-            cells = [f"{_rate_cell(rate['tpr'])} / {_rate_cell(rate['fpr'])}" for rate in rates]
+            cells = [f"{number(rate['tpr']['value'])} / {number(rate['fpr']['value'])}" for rate in rates]
             gaps = section["gaps"][label]
             rate_rows.append([label, *cells, _gap_cell(gaps["tpr"]), _gap_cell(gaps["fpr"])])
         headers = ["Label"] + [f"{name} TPR / FPR" for name in evaluated] + ["TPR gap", "FPR gap"]
-        lines += ["TPR / FPR at the validation thresholds:", "", _markdown_table(headers, rate_rows), ""]
+        lines += ["TPR / FPR at the validation thresholds:", "", table(headers, rate_rows), ""]
     rules = settings["rules"]
     lines += [
         "Method: " + "; ".join(rules[key] for key in ("groups", "auc", "rates", "macro", "intervals")) + ". "
@@ -458,7 +444,11 @@ def plot_subgroup_forest(report: dict, path: str | os.PathLike) -> None:
         count = len(overall["findings"])
         share = f" ({count}/{len(FINDINGS)})" if count < len(FINDINGS) else ""
         axis.axvline(
-            overall["value"], color="tab:red", linestyle="--", linewidth=1, label=f"all images {_ci(overall)}{share}"
+            overall["value"],
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label=f"all images {format_ci(overall)}{share}",
         )
         if overall["ci_low"] is not None:
             axis.axvspan(overall["ci_low"], overall["ci_high"], color="tab:red", alpha=0.1)
