@@ -264,17 +264,17 @@ def _canonical(split: datasets.Dataset, where: str) -> datasets.Dataset:
     converted = converted.cast_column("labels", datasets.List(datasets.Value("float32"), length=NUM_LABELS))
     if images[0] != "image":
         converted = converted.rename_column(images[0], "image")
-    ids = patient_ids(split, where)
-    if ids is not None and "patient_id" not in converted.column_names:
+    ids = None if "patient_id" in converted.column_names else patient_ids(split, where)
+    if ids is not None:
         converted = converted.add_column("patient_id", [int(i) for i in ids])
     for target, candidates in METADATA_COLUMNS.items():
         source = _column(converted.features, candidates)
         if source is not None and source != target and target not in converted.column_names:
             converted = converted.rename_column(source, target)
     if converted.features.get("age") == datasets.Value("string"):  # NIH's "060Y" codes
-        converted = converted.map(
-            lambda ages: {"age": [_years(age) for age in ages]}, input_columns="age", batched=True
-        )
+        # Swapped as a column: a map would rewrite every row, image bytes included.
+        years = [_years(age) for age in converted["age"]]
+        converted = converted.remove_columns("age").add_column("age", years)
     keep = {"image", "labels", "patient_id", "image_id", *METADATA_COLUMNS}
     return converted.remove_columns([name for name in converted.column_names if name not in keep])
 
