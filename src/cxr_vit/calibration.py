@@ -20,7 +20,7 @@ calibration metrics next to discrimination.
 * :func:`calibrate_model` folds T and b into the classifier (``W' = W / T`` row-wise, ``b' = b / T + bias``), so
   a stock ``from_pretrained`` + sigmoid returns calibrated probabilities with no extra code at inference. The
   config records T and b, so the uncalibrated logits come back exactly: ``z = (z_cal - b) * T``
-  (:meth:`TemperatureScaling.invert`).
+  (:meth:`TemperatureScaling.inverse`).
 * With or without b (:func:`fit_calibration`, ``bias="auto"``): T alone when the data say the logits are only
   too sharp or too flat, T and b when they are also shifted, as ``--pos_weight`` training shifts them (by
   ``+log(w)``; T cannot undo a shift, b can). The rule is Akaike's: b is kept when its one parameter per label
@@ -44,7 +44,7 @@ from scipy.special import expit, logit
 from sklearn.metrics import brier_score_loss
 from transformers import TimmWrapperForImageClassification
 
-from .constants import FINDINGS, LABEL2ID, LABELS, NUM_LABELS, THRESHOLDS_KEY
+from .constants import FINDINGS, LABELS, NUM_LABELS, THRESHOLDS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,6 @@ N_BINS = 15
 LOG_TEMPERATURE_BOUNDS = (-5.0, 5.0)
 # Extra config.json key of a calibrated model: what was folded into its head.
 CALIBRATION_KEY = "cxr_vit_calibration"
-FINDING_IDS = np.array([LABEL2ID[label] for label in FINDINGS])
 
 
 def binning_rule(n_bins: int = N_BINS) -> str:
@@ -213,10 +212,6 @@ class TemperatureScaling:
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities ``(n, 15)``."""
         return expit(self.apply(logits))
-
-    def invert(self, calibrated_logits: np.ndarray) -> np.ndarray:
-        """The original logits back from calibrated ones: ``(z_cal - b) * T``."""
-        return (np.asarray(calibrated_logits, dtype=np.float64) - self.bias) * self.temperature
 
     def inverse(self) -> TemperatureScaling:
         """The scaling that undoes this one: ``z = z_cal / (1 / T) + (-b T)``."""

@@ -25,6 +25,7 @@ FINDINGS: tuple[str, ...] = tuple(label for label in LABELS if label != NO_FINDI
 NUM_LABELS = len(LABELS)
 LABEL2ID: dict[str, int] = {label: i for i, label in enumerate(LABELS)}
 ID2LABEL: dict[int, str] = dict(enumerate(LABELS))
+FINDING_IDS: tuple[int, ...] = tuple(LABEL2ID[label] for label in FINDINGS)
 
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
 

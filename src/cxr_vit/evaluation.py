@@ -36,7 +36,7 @@ import torch
 from sklearn.metrics import average_precision_score, multilabel_confusion_matrix, roc_auc_score, roc_curve
 
 from . import calibration
-from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
+from .constants import FINDING_IDS, FINDINGS, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .inference import Classifier, Ensemble
 from .markdown import format_ci, number, table
 from .metrics import label_scores
@@ -45,7 +45,6 @@ logger = logging.getLogger(__name__)
 
 THRESHOLD_RULE = "Youden's J (max sensitivity + specificity - 1) on the validation split"
 FALLBACK_THRESHOLD = 0.5
-FINDING_IDS = np.array([LABEL2ID[label] for label in FINDINGS])
 
 
 # ---- thresholds --------------------------------------------------------------------------------------
@@ -126,7 +125,7 @@ def metric_table(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.stack([scores.auc, scores.auprc])
 
 
-def macro_auc(auc: np.ndarray, findings: np.ndarray = FINDING_IDS) -> np.ndarray:
+def macro_auc(auc: np.ndarray, findings: Sequence[int] = FINDING_IDS) -> np.ndarray:
     """Mean AUC over ``findings`` along the last axis; NaN where any of them is NaN."""
     return np.asarray(auc)[..., findings].mean(axis=-1)
 

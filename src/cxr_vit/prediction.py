@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
 
-from .constants import FINDINGS, LABEL2ID, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
+from .constants import FINDING_IDS, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
 from .explainers import ExplainerError, get_explainer, resolve_explainer
@@ -34,7 +34,6 @@ from .inference import Classifier, Ensemble
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # the demo's upload types; find_images takes every is_xray_file
 DEFAULT_THRESHOLD = 0.5
 
 
@@ -206,7 +205,7 @@ class Predictor:
         """Per image, a panel: the input view and the explainer's overlays of its ``top_k`` most probable findings."""
         if self.explainer is None:
             raise ExplainerError(self.explainer_source)
-        finding_ids = np.array([LABEL2ID[label] for label in FINDINGS])  # "No Finding" has nowhere to look
+        finding_ids = np.array(FINDING_IDS)  # "No Finding" has nowhere to look
         order = finding_ids[np.argsort(-probabilities[:, finding_ids], axis=1, kind="stable")[:, :top_k]]
         explain = get_explainer(self.explainer)
         maps = explain(self.model, self.classifier.inputs(squares), torch.as_tensor(order)).float().cpu().numpy()

@@ -37,7 +37,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from .constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING, NUM_LABELS
+from .constants import FINDING_IDS, FINDINGS, LABEL2ID, LABELS, NO_FINDING, NUM_LABELS
 from .evaluation import bootstrap_report, interval
 from .markdown import format_ci, number, table
 
@@ -59,7 +59,6 @@ ATTRIBUTE_GROUPS: dict[str, tuple[str, ...]] = {
     "view_position": VIEW_GROUPS,
 }
 ATTRIBUTE_TITLES = {"sex": "Sex", "age": "Age (years)", "view_position": "View position"}
-FINDING_IDS = np.array([LABEL2ID[label] for label in FINDINGS])
 NO_FINDING_ID = LABEL2ID[NO_FINDING]
 UNDERDIAGNOSIS_RULE = (
     "among images with at least one of the 14 findings, the share called 'No Finding' (No Finding probability >= "

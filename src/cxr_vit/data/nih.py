@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from ..constants import LABEL2ID, LABELS, NUM_LABELS
-from .images import XRAY_SUFFIXES, is_xray_file
+from .images import is_xray_file
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
     "Image Index",
@@ -31,7 +31,6 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "Patient Gender",
     "View Position",
 )
-IMAGE_EXTENSIONS: tuple[str, ...] = XRAY_SUFFIXES  # plus DICOM files recognised by content, whatever their name
 # Sample-format ages carry a unit: Y(ears), M(onths), W(eeks), D(ays); the full release has plain integers.
 _AGE_PATTERN = re.compile(r"^(\d+(?:\.0+)?)\s*([YMWD]?)$", re.IGNORECASE)
 _DAYS_PER_UNIT = {"": 365.0, "Y": 365.0, "M": 365.0 / 12, "W": 7.0, "D": 1.0}
