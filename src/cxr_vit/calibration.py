@@ -45,6 +45,7 @@ from sklearn.metrics import brier_score_loss
 from transformers import TimmWrapperForImageClassification
 
 from .constants import FINDINGS, LABELS, NUM_LABELS, THRESHOLDS_KEY
+from .metrics import finite_or_none
 
 logger = logging.getLogger(__name__)
 
@@ -266,16 +267,12 @@ class TemperatureScaling:
                     "bias": float(self.bias[i]),
                     "fitted": bool(self.fitted[i]),
                     **({"not_fitted_because": self.skipped[label]} if label in self.skipped else {}),
-                    "validation_bce_before": _finite(self.nll_before[i]),
-                    "validation_bce_after": _finite(self.nll_after[i]),
+                    "validation_bce_before": finite_or_none(self.nll_before[i]),
+                    "validation_bce_after": finite_or_none(self.nll_after[i]),
                 }
                 for i, label in enumerate(LABELS)
             },
         }
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 def _nan_if_none(value: float | None) -> float:

@@ -39,7 +39,7 @@ from . import calibration
 from .constants import FINDING_IDS, FINDINGS, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .inference import Classifier, Ensemble
 from .markdown import format_ci, number, table
-from .metrics import label_scores
+from .metrics import finite_or_none, label_scores
 
 logger = logging.getLogger(__name__)
 
@@ -192,11 +192,12 @@ def interval(point: float, samples: np.ndarray, confidence: float = 0.95) -> dic
     used = samples[np.isfinite(samples)]
     tail = (1.0 - confidence) / 2.0 * 100.0
     low, high = np.percentile(used, [tail, 100.0 - tail]) if used.size else (math.nan, math.nan)
-    return {"value": _finite(point), "ci_low": _finite(low), "ci_high": _finite(high), "n_resamples": int(used.size)}
-
-
-def _finite(value: float) -> float | None:
-    return float(value) if value is not None and np.isfinite(value) else None
+    return {
+        "value": finite_or_none(point),
+        "ci_low": finite_or_none(low),
+        "ci_high": finite_or_none(high),
+        "n_resamples": int(used.size),
+    }
 
 
 def bootstrap_report(
@@ -299,7 +300,7 @@ def evaluate_model(
             "positives": int(targets[:, i].sum()),
             **boot["labels"][label],
             "threshold": thresholds[label],
-            **{name: _finite(value) for name, value in points[label].items()},
+            **{name: finite_or_none(value) for name, value in points[label].items()},
         }
     report = {
         "num_images": len(targets),

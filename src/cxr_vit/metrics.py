@@ -28,6 +28,11 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
 
 
+def finite_or_none(value: float | None) -> float | None:
+    """A number for a JSON report: None where it is missing or not finite (JSON has no NaN)."""
+    return float(value) if value is not None and np.isfinite(value) else None
+
+
 @dataclass
 class LabelScores:
     """Per-label ROC-AUC and average precision in canonical order; NaN where a label has one class only."""
