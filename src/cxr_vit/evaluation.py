@@ -119,9 +119,9 @@ def store_thresholds(model_dir: str | os.PathLike, entries: dict) -> Path:
 # ---- bootstrap ---------------------------------------------------------------------------------------
 
 
-def metric_table(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def metric_table(probabilities: np.ndarray, targets: np.ndarray, warn: bool = True) -> np.ndarray:
     """``(2, 15)``: per-label ROC-AUC (row 0) and AUPRC (row 1) from :func:`cxr_vit.metrics.label_scores`."""
-    scores = label_scores(probabilities, targets)
+    scores = label_scores(probabilities, targets, warn)
     return np.stack([scores.auc, scores.auprc])
 
 
@@ -207,13 +207,14 @@ def bootstrap_report(
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
+    warn: bool = True,
 ) -> dict:
     """Per-label AUC/AUPRC intervals and the 14-finding macro AUC interval, from patient resamples.
 
     The macro AUC averages the findings with an AUC on the whole split; a resample counts towards its interval
     only if each of those findings has both classes in it, so every resample averages the same labels.
     """
-    point = metric_table(probabilities, targets)
+    point = metric_table(probabilities, targets, warn)
     samples = bootstrap_distribution(probabilities, targets, groups, n_bootstrap, seed)
     findings = np.array([i for i in FINDING_IDS if np.isfinite(point[0, i])], dtype=int)
     labels = {
@@ -292,7 +293,8 @@ def evaluate_model(
     val_probabilities, val_targets = predictor.predict_dataset(validation, batch_size, num_workers, "validation")
     thresholds = choose_thresholds(val_probabilities, val_targets)
     probabilities, targets = predictor.predict_dataset(evaluated, batch_size, num_workers, "evaluate")
-    boot = bootstrap_report(probabilities, targets, evaluated["patient_id"], n_bootstrap, seed, confidence)
+    patients = np.asarray(evaluated["patient_id"])
+    boot = bootstrap_report(probabilities, targets, patients, n_bootstrap, seed, confidence)
     points = operating_points(probabilities, targets, thresholds)
     labels = {}
     for i, label in enumerate(LABELS):
@@ -304,7 +306,7 @@ def evaluate_model(
         }
     report = {
         "num_images": len(targets),
-        "num_patients": len(set(evaluated["patient_id"])),
+        "num_patients": len(np.unique(patients)),
         "num_validation_images": len(val_targets),
         "auc_macro": boot["auc_macro"],
         "no_finding": {"label": NO_FINDING, **labels[NO_FINDING]},
@@ -323,7 +325,7 @@ def evaluate_model(
         },
     }
     options = {"n_bootstrap": n_bootstrap, "seed": seed, "confidence": confidence}
-    report["subgroups"] = subgroup_section(evaluated, probabilities, targets, thresholds, **options)
+    report["subgroups"] = subgroup_section(evaluated, patients, probabilities, targets, thresholds, **options)
     report["calibration"], uncalibrated = calibration_section(
         classifier, evaluated, probabilities, targets, batch_size, num_workers, single_model=len(members) == 1
     )
@@ -335,7 +337,9 @@ def evaluate_model(
     return Evaluation(report, probabilities, targets, thresholds, uncalibrated)
 
 
-def subgroup_section(evaluated, probabilities: np.ndarray, targets: np.ndarray, thresholds: dict, **options) -> dict:
+def subgroup_section(
+    evaluated, patients: np.ndarray, probabilities: np.ndarray, targets: np.ndarray, thresholds: dict, **options
+) -> dict:
     """:func:`cxr_vit.subgroups.subgroup_report` on the metadata columns the split has, or why there is none."""
     from .subgroups import subgroup_report
 
@@ -348,15 +352,7 @@ def subgroup_section(evaluated, probabilities: np.ndarray, targets: np.ndarray, 
             "other publishers may not carry the NIH metadata)",
         }
     columns = {column: list(evaluated[column]) for column in present}
-    patients = list(evaluated["patient_id"])
-    # Small groups lack labels by design (reported as "too few" per group); the per-call warnings would be noise.
-    metrics_logger = logging.getLogger("cxr_vit.metrics")
-    level = metrics_logger.level
-    metrics_logger.setLevel(logging.ERROR)
-    try:
-        report = subgroup_report(probabilities, targets, thresholds, patients, **columns, **options)
-    finally:
-        metrics_logger.setLevel(level)
+    report = subgroup_report(probabilities, targets, thresholds, patients, **columns, **options)
     return {"available": True, "missing_columns": missing, **report}
 
 

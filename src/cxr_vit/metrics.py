@@ -52,8 +52,10 @@ class LabelScores:
         return float(np.mean(defined)) if defined else float("nan")
 
 
-def label_scores(probabilities: np.ndarray, targets: np.ndarray) -> LabelScores:
-    """ROC-AUC and AUPRC of each of the 15 labels from ``(n, 15)`` scores and multi-hot targets."""
+def label_scores(probabilities: np.ndarray, targets: np.ndarray, warn: bool = True) -> LabelScores:
+    """ROC-AUC and AUPRC of each of the 15 labels from ``(n, 15)`` scores and multi-hot targets.
+
+    ``warn=False`` for callers that report labels without an AUC themselves (the subgroups' small groups)."""
     probabilities = np.asarray(probabilities, dtype=np.float64)
     targets = np.asarray(targets)
     if probabilities.shape != targets.shape or probabilities.ndim != 2 or probabilities.shape[1] != len(LABELS):
@@ -66,7 +68,7 @@ def label_scores(probabilities: np.ndarray, targets: np.ndarray) -> LabelScores:
             auc[index] = roc_auc_score(column, probabilities[:, index])
             auprc[index] = average_precision_score(column, probabilities[:, index])
     scores = LabelScores(auc, auprc, len(targets))
-    if scores.labels_without_auc:
+    if warn and scores.labels_without_auc:
         logger.warning(
             "no AUC for %s: only one class present in these %d images", scores.labels_without_auc, len(targets)
         )

@@ -219,7 +219,10 @@ def group_metrics(
     # passed as all-negative, so it has no AUC there and stays out of the macro.
     notes = {label: _too_few(labels[label]["positives"], labels[label]["negatives"], min_cases) for label in LABELS}
     usable = np.array([notes[label] is None for label in LABELS])
-    boot = bootstrap_report(probabilities, np.where(usable, targets, 0), patient_ids, n_bootstrap, seed, confidence)
+    # Small groups lack labels by design (noted per label here), so no "no AUC" warning per group.
+    boot = bootstrap_report(
+        probabilities, np.where(usable, targets, 0), patient_ids, n_bootstrap, seed, confidence, warn=False
+    )
     for label in LABELS:
         auc = boot["labels"][label]["auc"]
         labels[label]["auc"] = {**auc, "note": None} if notes[label] is None else _na_interval(notes[label])
