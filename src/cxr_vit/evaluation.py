@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,6 +158,22 @@ def weighted_auc_ap(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray
     return np.where(defined, auc, np.nan), np.where(defined, ap, np.nan)
 
 
+def patient_resamples(
+    num_patients: int, n_bootstrap: int, seed: int, chunk_size: int
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Per chunk of resamples: its rows and how often each patient was drawn, ``(rows, num_patients)``.
+
+    A resample draws as many patients as there are, with replacement; chunks bound the draw matrix's memory.
+    """
+    rng = np.random.default_rng(seed)
+    for start in range(0, n_bootstrap, chunk_size):
+        size = min(chunk_size, n_bootstrap - start)
+        draws = rng.integers(0, num_patients, size=(size, num_patients))
+        counts = np.zeros((size, num_patients))
+        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
+        yield slice(start, start + size), counts
+
+
 def bootstrap_distribution(
     probabilities: np.ndarray,
     targets: np.ndarray,
@@ -168,22 +184,16 @@ def bootstrap_distribution(
 ) -> np.ndarray:
     """``(n_bootstrap, 2, 15)`` per-label AUC and AUPRC of patient-level resamples (NaN: one class).
 
-    A resample draws as many patients as there are, with replacement; each image is weighted by how often
-    its patient was drawn, which equals pooling copies of the drawn patients' images.
+    Each image of a resample (:func:`patient_resamples`) is weighted by how often its patient was drawn, which
+    equals pooling copies of the drawn patients' images.
     """
     _, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    num_groups = int(group_index.max()) + 1
-    rng = np.random.default_rng(seed)
     tables = np.empty((n_bootstrap, 2, len(LABELS)))
-    for start in range(0, n_bootstrap, chunk_size):  # chunks bound the (resamples, images) weight matrix
-        size = min(chunk_size, n_bootstrap - start)
-        draws = rng.integers(0, num_groups, size=(size, num_groups))
-        counts = np.zeros((size, num_groups))
-        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
+    for rows, counts in patient_resamples(int(group_index.max()) + 1, n_bootstrap, seed, chunk_size):
         weights = counts[:, group_index]
         for label in range(len(LABELS)):
             auc, ap = weighted_auc_ap(probabilities[:, label], targets[:, label], weights)
-            tables[start : start + size, 0, label], tables[start : start + size, 1, label] = auc, ap
+            tables[rows, 0, label], tables[rows, 1, label] = auc, ap
     return tables
 
 

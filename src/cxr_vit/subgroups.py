@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from .constants import FINDING_IDS, FINDINGS, LABEL2ID, LABELS, NO_FINDING, NUM_LABELS
-from .evaluation import bootstrap_report, interval
+from .evaluation import bootstrap_report, interval, patient_resamples
 from .markdown import format_ci, number, table
 
 MIN_IMAGES = 50
@@ -148,19 +148,15 @@ def _rate(numerator: int, denominator: int, min_cases: int, what: str, group_not
 def _patient_rate_interval(
     hits: np.ndarray, counted: np.ndarray, patients: np.ndarray, n_bootstrap: int, seed: int, confidence: float
 ) -> dict:
-    """sum(hits) / sum(counted) with a percentile interval over patient resamples (as bootstrap_report draws them)."""
+    """sum(hits) / sum(counted) with a percentile interval over patient resamples (:func:`patient_resamples`)."""
     _, index = np.unique(patients, return_inverse=True)
     per_patient_hits = np.bincount(index, weights=hits.astype(np.float64))
     per_patient_counted = np.bincount(index, weights=counted.astype(np.float64))
-    count = per_patient_hits.size
-    rng = np.random.default_rng(seed)
     samples = np.empty(n_bootstrap)
-    for start in range(0, n_bootstrap, 100):  # chunks bound the (resamples, patients) draw matrix
-        size = min(100, n_bootstrap - start)
-        draws = rng.integers(0, count, size=(size, count))
-        numerator, denominator = per_patient_hits[draws].sum(axis=1), per_patient_counted[draws].sum(axis=1)
+    for rows, counts in patient_resamples(per_patient_hits.size, n_bootstrap, seed, chunk_size=100):
+        numerator, denominator = counts @ per_patient_hits, counts @ per_patient_counted
         with np.errstate(invalid="ignore", divide="ignore"):
-            samples[start : start + size] = np.where(denominator > 0, numerator / denominator, np.nan)
+            samples[rows] = np.where(denominator > 0, numerator / denominator, np.nan)
     return interval(per_patient_hits.sum() / per_patient_counted.sum(), samples, confidence)
 
 
