@@ -460,10 +460,13 @@ def localization_section(
     scores = []
     for start in range(0, len(matched), batch_size):
         chunk = matched.iloc[start : start + batch_size]
-        images = [dataset[rows[image_id]]["image"] for image_id in chunk["image_id"]]
-        pixels = classifier.inputs(classifier.squares(images))
+        # An image with several boxes is decoded and resized once; each box still gets its own heatmap.
+        position = {image_id: i for i, image_id in enumerate(dict.fromkeys(chunk["image_id"]))}
+        decoded = [dataset[rows[image_id]]["image"] for image_id in position]
+        images = [decoded[position[image_id]] for image_id in chunk["image_id"]]
+        squares = classifier.squares(decoded)[[position[image_id] for image_id in chunk["image_id"]]]
         labels = torch.tensor([[LABEL2ID[label]] for label in chunk["label"]])
-        maps = explain(model, pixels, labels)[:, 0].float().cpu().numpy()
+        maps = explain(model, classifier.inputs(squares), labels)[:, 0].float().cpu().numpy()
         for record, image, heatmap in zip(chunk.itertuples(), images, maps, strict=True):
             box = box_to_input(
                 (record.x, record.y, record.w, record.h), image_size=image.size, input_size=size, crop_pct=crop_pct
