@@ -178,6 +178,12 @@ def render_model_card(
     model_dir: str | os.PathLike, repo_id: str | None = None, report: str | os.PathLike | None = None
 ) -> ModelCard:
     """The model card of a model folder; every number comes from its files (module docstring)."""
+    found = find_report(model_dir, report)
+    return model_card_with_report(model_dir, repo_id, found[0] if found else None)
+
+
+def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, report: dict | None) -> ModelCard:
+    """:func:`render_model_card` with the evaluation report already found (:func:`find_report`), or None."""
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     results = {**_read_json(model_dir / "all_results.json"), **_read_json(model_dir / "test_results.json")}
@@ -194,7 +200,6 @@ def render_model_card(
     dataset = data_args.get("dataset_name")
     hub_dataset = dataset if dataset and not Path(dataset).exists() and "/" in dataset else None
     name = repo_id or model_dir.name
-    found = find_report(model_dir, report)
 
     def metric(key: str) -> float | None:
         value = results.get(key)
@@ -263,7 +268,7 @@ def render_model_card(
         test_samples=results.get("test_samples"),
         hyperparameters=hyperparameters,
         has_curves=(model_dir / TRAINING_CURVES_NAME).is_file(),
-        evaluation=card_evaluation(found[0]) if found else None,
+        evaluation=card_evaluation(report) if report else None,
         report_link=f"{REPORT_DIR}/report.md",
         calibration=card_calibration(config),
         versions={lib: version(lib) for lib in ("transformers", "timm", "torch", "datasets")},

@@ -22,7 +22,7 @@ from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import REPORT_DIR, find_report, render_model_card
+from .cards import REPORT_DIR, find_report, model_card_with_report
 from .constants import TRAINING_CURVES_NAME
 
 logger = logging.getLogger(__name__)
@@ -108,7 +108,8 @@ def push_model(
             for name in REPORT_FILES:
                 if (found[1].parent / name).is_file():
                     shutil.copy2(found[1].parent / name, Path(staging) / REPORT_DIR / name)
-        render_model_card(model_dir, repo_id, found[1] if found else None).save(Path(staging) / "README.md")
+        card = model_card_with_report(model_dir, repo_id, found[0] if found else None)  # the weights hashed once
+        card.save(Path(staging) / "README.md")
         commit = HfApi(token=token).upload_folder(
             repo_id=repo_id, folder_path=staging, repo_type="model", commit_message=commit_message
         )
