@@ -41,11 +41,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-import torch.nn.functional as F
 from timm.layers import Attention
 from transformers import TimmWrapperForImageClassification
 
-from .heatmaps import grad_cam, grad_cam_layer, model_family
+from .heatmaps import check_label_indices, grad_cam, grad_cam_layer, model_family, upsample_to_unit
 
 Explainer = Callable[[TimmWrapperForImageClassification, torch.Tensor, torch.Tensor], torch.Tensor]
 SupportCheck = Callable[[TimmWrapperForImageClassification], None]
@@ -110,11 +109,6 @@ def resolve_explainer(model: TimmWrapperForImageClassification, name: str | None
             f"{FALLBACK_EXPLAINER}, need a timm Vision Transformer (available: {', '.join(sorted(EXPLAINERS))})"
         ) from None
     return FALLBACK_EXPLAINER, f"fallback: the default, {DEFAULT_EXPLAINER}, cannot explain this model ({reason})"
-
-
-def _check_labels(pixel_values: torch.Tensor, label_indices: torch.Tensor) -> None:
-    if label_indices.dim() != 2 or label_indices.shape[0] != pixel_values.shape[0]:
-        raise ValueError(f"label_indices must be (batch, k), got {tuple(label_indices.shape)}")
 
 
 @register_explainer("gradcam", supports=grad_cam_layer)
@@ -226,7 +220,7 @@ def attention_maps(
             with torch.no_grad():
                 model(pixel_values=pixel_values)
         else:
-            _check_labels(pixel_values, label_indices)
+            check_label_indices(pixel_values, label_indices)
             with torch.enable_grad():
                 # requires_grad on the input keeps a graph even when the weights are frozen.
                 logits = model(pixel_values=pixel_values.detach().requires_grad_(True)).logits
@@ -281,12 +275,7 @@ def _token_map(model: TimmWrapperForImageClassification, relevance: torch.Tensor
     grid_h, grid_w = height // patch_h, width // patch_w
     if grid_h * grid_w != scores.shape[1]:
         raise ValueError(f"cannot lay {scores.shape[1]} patch tokens on a grid for a {height}x{width} input")
-    grid = scores.reshape(-1, 1, grid_h, grid_w)
-    upsampled = F.interpolate(grid, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    low = upsampled.amin(dim=(1, 2), keepdim=True)
-    span = upsampled.amax(dim=(1, 2), keepdim=True) - low
-    scaled = torch.where(span > 0, (upsampled - low) / span.clamp_min(1e-12), torch.zeros_like(upsampled))
-    return scaled.clamp(0.0, 1.0)
+    return upsample_to_unit(scores.reshape(-1, 1, grid_h, grid_w), size)
 
 
 @register_explainer("rollout", supports=lambda model: _attention_modules(model, "rollout"))
@@ -294,7 +283,7 @@ def attention_rollout(
     model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor
 ) -> torch.Tensor:
     """Attention rollout maps ``(B, k, H, W)``; class-agnostic, so the k maps of an image are the same map."""
-    _check_labels(pixel_values, label_indices)
+    check_label_indices(pixel_values, label_indices)
     attentions, _ = attention_maps(model, pixel_values, explainer="rollout")
     maps = _token_map(model, rollout_relevance(attentions), pixel_values.shape[-2:])
     return maps[:, None].expand(-1, label_indices.shape[1], -1, -1).contiguous()
@@ -305,7 +294,7 @@ def gradient_rollout(
     model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor
 ) -> torch.Tensor:
     """Label-specific gradient-weighted rollout (Chefer et al. 2021, ICCV) maps ``(B, k, H, W)``."""
-    _check_labels(pixel_values, label_indices)
+    check_label_indices(pixel_values, label_indices)
     attentions, gradients = attention_maps(model, pixel_values, label_indices, explainer="grad_rollout")
     maps = [
         _token_map(model, gradient_rollout_relevance(attentions, per_rank), pixel_values.shape[-2:])

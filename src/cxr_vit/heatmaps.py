@@ -44,6 +44,12 @@ def grad_cam_layer(model: TimmWrapperForImageClassification) -> torch.nn.Module:
     return blocks[-1].norm1
 
 
+def check_label_indices(pixel_values: torch.Tensor, label_indices: torch.Tensor) -> None:
+    """An explainer's ``label_indices`` must be ``(batch, k)``: the labels to explain for each image."""
+    if label_indices.dim() != 2 or label_indices.shape[0] != pixel_values.shape[0]:
+        raise ValueError(f"label_indices must be (batch, k), got {tuple(label_indices.shape)}")
+
+
 def grad_cam(
     model: TimmWrapperForImageClassification, pixel_values: torch.Tensor, label_indices: torch.Tensor
 ) -> torch.Tensor:
@@ -52,8 +58,7 @@ def grad_cam(
     ``label_indices`` is ``(batch, k)``: which labels to explain for each image (e.g. its top-k findings).
     Images in a batch are independent in a ViT, so one backward pass per rank serves the whole batch.
     """
-    if label_indices.dim() != 2 or label_indices.shape[0] != pixel_values.shape[0]:
-        raise ValueError(f"label_indices must be (batch, k), got {tuple(label_indices.shape)}")
+    check_label_indices(pixel_values, label_indices)
     timm_model = model.timm_model
     captured: dict[str, torch.Tensor] = {}
     handle = grad_cam_layer(model).register_forward_hook(lambda _m, _i, output: captured.update(tokens=output))
@@ -80,12 +85,17 @@ def _cam(tokens: torch.Tensor, gradients: torch.Tensor, num_prefix: int, size: S
     grid = int(round((cam.shape[1] * height / width) ** 0.5))
     if grid == 0 or cam.shape[1] % grid:
         raise ValueError(f"cannot lay {cam.shape[1]} patch tokens on a grid for a {height}x{width} input")
-    cam = cam.reshape(cam.shape[0], 1, grid, cam.shape[1] // grid)
-    cam = F.interpolate(cam, size=(height, width), mode="bilinear", align_corners=False)[:, 0]
-    low = cam.amin(dim=(1, 2), keepdim=True)
-    span = cam.amax(dim=(1, 2), keepdim=True) - low
+    return upsample_to_unit(cam.reshape(cam.shape[0], 1, grid, cam.shape[1] // grid), size)
+
+
+def upsample_to_unit(grid: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Patch-grid maps ``(batch, 1, h, w)`` upsampled bilinearly to ``size`` and scaled to [0, 1] per map."""
+    upsampled = F.interpolate(grid, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    low = upsampled.amin(dim=(1, 2), keepdim=True)
+    span = upsampled.amax(dim=(1, 2), keepdim=True) - low
     # A flat map (no positive evidence anywhere) stays all zero instead of dividing by zero.
-    return torch.where(span > 0, (cam - low) / span.clamp_min(1e-12), torch.zeros_like(cam)).clamp(0.0, 1.0)
+    scaled = torch.where(span > 0, (upsampled - low) / span.clamp_min(1e-12), torch.zeros_like(upsampled))
+    return scaled.clamp(0.0, 1.0)
 
 
 def overlay(view: Image.Image, heatmap: np.ndarray, alpha: float = 0.45, colormap: str = "jet") -> Image.Image:
