@@ -12,8 +12,6 @@ not what a trained model finds.
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,7 +19,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the browser helpers of the demo's own test
 
-from browser import free_port, headless_chromium, wait_until_serving  # noqa: E402
+from browser import headless_chromium, serve_app  # noqa: E402
 
 
 def main() -> None:
@@ -36,30 +34,20 @@ def main() -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
     log = Path(tempfile.mkdtemp(prefix="cxr_vit_demo_")) / "app.log"
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
-    command = [sys.executable, "app.py", "--model", args.model, "--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "w") as log_file:
-        server = subprocess.Popen(command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
-    driver = None
-    try:
-        wait_until_serving(server, url, log)
+    with serve_app(["--model", args.model], log) as (url, _):
         driver = headless_chromium(window_size="1280,1240")
-        wait = WebDriverWait(driver, 120)
-        driver.get(url)
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(args.image)
-        heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap img"))
-        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        driver.save_screenshot(args.output)
-        print(f"wrote {args.output}")
-    finally:
-        if driver is not None:
+        try:
+            wait = WebDriverWait(driver, 120)
+            driver.get(url)
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(args.image)
+            heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap img"))
+            wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            driver.save_screenshot(args.output)
+            print(f"wrote {args.output}")
+        finally:
             driver.quit()
-        server.terminate()
-        server.wait(timeout=30)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,10 @@ set (CI), a copy there. It skips only when Debian's chromium / chromium-driver a
 
 import os
 import shutil
-import subprocess
-import sys
 
 import gradio as gr
 import pytest
-from browser import CHROMEDRIVER, CHROMIUM, free_port, headless_chromium, wait_until_serving
+from browser import CHROMEDRIVER, CHROMIUM, headless_chromium, serve_app
 from conftest import REPO, TEST_DATA
 from inference_helpers import load_script
 from PIL import Image
@@ -64,60 +62,41 @@ def test_demo_end_to_end_in_headless_chromium(model_dir, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/"
-    env = {**os.environ, app.MODEL_ENV: str(model_dir), "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
-    log_path = tmp_path / "app.log"
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(
-            [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    driver = None
-    try:
-        startup = wait_until_serving(server, url, log_path)
+    with serve_app([], tmp_path / "app.log", {app.MODEL_ENV: str(model_dir)}) as (url, startup):
         print(f"app.py served after {startup:.1f} s")
         driver = headless_chromium()
-        wait = WebDriverWait(driver, 60)
-        driver.get(url)
-
-        notice = wait.until(lambda d: d.find_element(By.ID, "notice"))
-        assert notice.is_displayed() and "Not for clinical use" in notice.text
-        upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
-        upload.send_keys(str(XRAY))
-        wait.until(lambda d: "Effusion" in d.find_element(By.ID, "positives").text)
-
-        assert "Positive at the stored thresholds" in driver.find_element(By.ID, "positives").text
-        shown = driver.find_element(By.ID, "probabilities").text
-        assert all(label in shown for label in LABELS), shown
-        heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap img"))
-        wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
-        assert driver.execute_script("return arguments[0].naturalWidth", heatmap) == 4 * 256  # input + 3 overlays
-
-        screenshot = tmp_path / "demo.png"
-        assert driver.save_screenshot(str(screenshot))
-        assert Image.open(screenshot).size[0] >= 1000
-        if os.environ.get(ARTIFACTS_ENV):
-            os.makedirs(os.environ[ARTIFACTS_ENV], exist_ok=True)
-            shutil.copy(screenshot, os.path.join(os.environ[ARTIFACTS_ENV], "demo.png"))
-
-        # A broken file gets the app's message, not a stack trace.
-        driver.refresh()
-        broken = tmp_path / "broken.png"
-        broken.write_bytes(XRAY.read_bytes()[:1500])
-        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(broken))
-        wait.until(lambda d: "broken.png could not be decoded" in d.find_element(By.TAG_NAME, "body").text)
-    finally:
-        if driver is not None:
-            driver.quit()
-        server.terminate()
         try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
+            wait = WebDriverWait(driver, 60)
+            driver.get(url)
+
+            notice = wait.until(lambda d: d.find_element(By.ID, "notice"))
+            assert notice.is_displayed() and "Not for clinical use" in notice.text
+            upload = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]"))
+            upload.send_keys(str(XRAY))
+            wait.until(lambda d: "Effusion" in d.find_element(By.ID, "positives").text)
+
+            assert "Positive at the stored thresholds" in driver.find_element(By.ID, "positives").text
+            shown = driver.find_element(By.ID, "probabilities").text
+            assert all(label in shown for label in LABELS), shown
+            heatmap = wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#heatmap img"))
+            wait.until(lambda d: d.execute_script("return arguments[0].complete && arguments[0].naturalWidth", heatmap))
+            assert driver.execute_script("return arguments[0].naturalWidth", heatmap) == 4 * 256  # input + 3 overlays
+
+            screenshot = tmp_path / "demo.png"
+            assert driver.save_screenshot(str(screenshot))
+            assert Image.open(screenshot).size[0] >= 1000
+            if os.environ.get(ARTIFACTS_ENV):
+                os.makedirs(os.environ[ARTIFACTS_ENV], exist_ok=True)
+                shutil.copy(screenshot, os.path.join(os.environ[ARTIFACTS_ENV], "demo.png"))
+
+            # A broken file gets the app's message, not a stack trace.
+            driver.refresh()
+            broken = tmp_path / "broken.png"
+            broken.write_bytes(XRAY.read_bytes()[:1500])
+            wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#upload input[type=file]")).send_keys(str(broken))
+            wait.until(lambda d: "broken.png could not be decoded" in d.find_element(By.TAG_NAME, "body").text)
+        finally:
+            driver.quit()
 
 
 def test_a_dicom_upload_is_analysed_like_its_png(predictor, tmp_path):
