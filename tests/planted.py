@@ -36,17 +36,31 @@ AMPLITUDE = 28.0  # grey levels per grating
 PREVALENCE = 0.3
 
 
+def grating(finding: str, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """``finding``'s grating over an H x W image, values in [-1, 1], at a random phase."""
+    height, width = shape
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    period, orientation = GRATINGS[finding]
+    angle = np.deg2rad(orientation)
+    phase = rng.uniform(0.0, 2 * np.pi)
+    return np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
+
+
+def half_contrast(image: np.ndarray) -> np.ndarray:
+    """The film at half contrast around mid-grey (float), leaving room for the gratings."""
+    return 0.5 * image.astype(np.float64) + 64.0
+
+
+def to_uint8(planted: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(planted), 0, 255).astype(np.uint8)
+
+
 def draw_gratings(image: np.ndarray, findings: list[str], rng: np.random.Generator) -> np.ndarray:
     """``image`` (H x W uint8) at half contrast with the grating of each of ``findings`` added."""
-    height, width = image.shape
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    planted = 0.5 * image.astype(np.float64) + 64.0
+    planted = half_contrast(image)
     for finding in findings:
-        period, orientation = GRATINGS[finding]
-        angle = np.deg2rad(orientation)
-        phase = rng.uniform(0.0, 2 * np.pi)
-        planted += AMPLITUDE * np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + phase)
-    return np.clip(np.round(planted), 0, 255).astype(np.uint8)
+        planted += AMPLITUDE * grating(finding, image.shape, rng)
+    return to_uint8(planted)
 
 
 def write_planted_nih(
@@ -122,17 +136,14 @@ def write_planted_boxes(
         if len(wanted) > MAX_BOXES:
             wanted = sorted(rng.choice(wanted, size=MAX_BOXES, replace=False), key=BOXED_FINDINGS.index)
         boxes = _place_boxes(len(wanted), min(height, width), rng)
-        y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-        planted = 0.5 * pixels.astype(np.float64) + 64.0
+        planted = half_contrast(pixels)
         for finding, (bx, by, bw, bh) in zip(wanted, boxes, strict=False):
-            period, orientation = GRATINGS[finding]
-            angle = np.deg2rad(orientation)
-            wave = np.sin(2 * np.pi * (x * np.cos(angle) + y * np.sin(angle)) / period + rng.uniform(0, 2 * np.pi))
-            inside = (x >= bx) & (x < bx + bw) & (y >= by) & (y < by + bh)
-            planted += BOX_AMPLITUDE * wave * inside
+            inside = np.zeros(pixels.shape, dtype=bool)
+            inside[by : by + bh, bx : bx + bw] = True
+            planted += BOX_AMPLITUDE * grating(finding, pixels.shape, rng) * inside
             sx, sy = RELEASE_SIZE / width, RELEASE_SIZE / height
             box_rows.append(f"{name},{release_names[finding]},{bx * sx},{by * sy},{bw * sx},{bh * sy}")
-        Image.fromarray(np.clip(np.round(planted), 0, 255).astype(np.uint8)).save(images_dir / name)
+        Image.fromarray(to_uint8(planted)).save(images_dir / name)
         drawn = wanted[: len(boxes)]
         labels.append("|".join(drawn) if drawn else NO_FINDING)
     frame["Finding Labels"] = labels
