@@ -248,9 +248,9 @@ def _apply_timm_filter(
         return state_dict
     if _fit(filtered, model_state)[0] > _fit(state_dict, model_state)[0]:
         result.timm_filter = name
-        for key in ("pos_embed",):
-            if key in filtered and key in state_dict and filtered[key].shape != state_dict[key].shape:
-                result.resampled.append(f"{key}: {tuple(state_dict[key].shape)} -> {tuple(filtered[key].shape)}")
+        before, after = state_dict.get("pos_embed"), filtered.get("pos_embed")
+        if before is not None and after is not None and after.shape != before.shape:
+            result.resampled.append(f"pos_embed: {tuple(before.shape)} -> {tuple(after.shape)}")
         return filtered
     return state_dict
 
