@@ -45,7 +45,7 @@ import pandas as pd
 from scipy import ndimage
 
 from .constants import LABELS
-from .data.nih import NIHDataError
+from .data.nih import NIHDataError, raise_collected
 from .markdown import number, table
 
 # The file spells one finding differently from the Data_Entry labels; every released name is mapped explicitly.
@@ -184,9 +184,7 @@ def read_bbox_csv(path: str | os.PathLike) -> pd.DataFrame:
             continue
         label = BBOX_LABELS[name]
         records.append({"image_id": image_id, "label": label, "x": x, "y": y, "w": w, "h": h, "csv_line": line})
-    if problems:
-        shown = "\n  ".join(problems[:10])
-        raise NIHDataError(f"{path}: {len(problems)} bad row(s):\n  {shown}")
+    raise_collected(problems, "bad row(s)", path)
     if not records:
         raise NIHDataError(f"{path}: has a header but no boxes")
     return pd.DataFrame.from_records(records)

@@ -41,7 +41,8 @@ class NIHDataError(ValueError):
     """Bad NIH input: the message names the file, CSV line and image at fault and how to fix it."""
 
 
-def _raise_collected(problems: list[str], what: str, path: str | os.PathLike) -> None:
+def raise_collected(problems: list[str], what: str, path: str | os.PathLike) -> None:
+    """One error for every problem found in a file (the first few listed), so they can all be fixed at once."""
     if problems:
         shown = "\n  ".join(problems[:_MAX_ERRORS_SHOWN])
         more = f"\n  ... and {len(problems) - _MAX_ERRORS_SHOWN} more" if len(problems) > _MAX_ERRORS_SHOWN else ""
@@ -141,7 +142,7 @@ def read_labels_csv(path: str | os.PathLike) -> pd.DataFrame:
                 "csv_line": line,
             }
         )
-    _raise_collected(problems, "bad row(s)", path)
+    raise_collected(problems, "bad row(s)", path)
     return pd.DataFrame.from_records(records)
 
 
@@ -166,7 +167,7 @@ def index_images(images_dir: str | os.PathLike) -> dict[str, Path]:
             if name in index:
                 duplicates.append(f"{name}: {index[name]} and {path}")
             index[name] = path
-    _raise_collected(duplicates, "image name(s) found twice", root)
+    raise_collected(duplicates, "image name(s) found twice", root)
     return index
 
 
