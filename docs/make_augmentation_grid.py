@@ -15,25 +15,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from cxr_vit.data.intensity import (
-    OPS,
-    IntensityAugment,
-    add_gaussian_noise,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_gamma,
-    adjust_sharpness,
-    strength_range,
-)
+from cxr_vit.data.intensity import OPS, IntensityAugment, apply_op, strength_range
 
 REPO = Path(__file__).resolve().parents[1]
-FUNCTIONS = {
-    "brightness": adjust_brightness,
-    "contrast": adjust_contrast,
-    "gamma": adjust_gamma,
-    "sharpness": adjust_sharpness,
-    "noise": add_gaussian_noise,
-}
 LABEL_HEIGHT = 26  # two lines of PIL's default font
 
 
@@ -45,7 +29,7 @@ def tiles(film: torch.Tensor) -> list[list[tuple[str, torch.Tensor]]]:
         for magnitude in (5, 10):
             low, high = strength_range(op, magnitude)
             values = (high,) if op == "noise" else (low, high)  # noise: sigma from 0 up to high
-            row += [(f"{op}, m={magnitude}\n{value:.2f}", FUNCTIONS[op](film, value)) for value in values]
+            row += [(f"{op}, m={magnitude}\n{value:.2f}", apply_op(op, film, value)) for value in values]
         rows.append(row)
     for magnitude in (5, 10):
         augment = IntensityAugment(num_ops=2, magnitude=magnitude)

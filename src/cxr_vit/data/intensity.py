@@ -98,6 +98,12 @@ _OPS: dict[str, _Op] = {
 OPS: tuple[str, ...] = tuple(_OPS)  # also the order in which selected ops are applied: noise last
 
 
+def apply_op(op: str, images: torch.Tensor, parameter: torch.Tensor | float) -> torch.Tensor:
+    """``op`` (one of :data:`OPS`) at one ``parameter``: its factor, gamma or noise sigma (:func:`strength_range`)."""
+    _check_ops([op])
+    return _OPS[op].apply(images, parameter)
+
+
 def strength_range(op: str, magnitude: float) -> tuple[float, float]:
     """The (lowest, highest) parameter ``op`` draws at ``magnitude``: factor, gamma, or noise sigma."""
     _check_ops([op])
