@@ -235,13 +235,12 @@ def box_to_input(
 
 def model_input_geometry(model) -> tuple[int, float]:
     """(input_size, crop_pct) of a cxr-vit model's eval transform, for :func:`box_to_input`."""
+    from .data.transforms import DEFAULT_CROP_PCT, eval_geometry
     from .modeling import data_config
 
     config = data_config(model)
-    height, width = config["input_size"][-2:]
-    if height != width or config.get("crop_mode", "center") != "center":
-        raise ValueError(f"box_to_input supports square inputs with center crop; got {config}")
-    return int(height), float(config["crop_pct"])
+    geometry = eval_geometry(config)  # the preprocessing's own checks: a square input, the centre crop
+    return geometry.input_size, float(config.get("crop_pct") or DEFAULT_CROP_PCT)
 
 
 # ---- scores ------------------------------------------------------------------------------------------------
