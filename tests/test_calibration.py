@@ -197,6 +197,12 @@ def scaling_for_test() -> TemperatureScaling:
     )
 
 
+def scaled_by_hand(logits: torch.Tensor, scaling: TemperatureScaling) -> torch.Tensor:
+    """``z / T + b`` in float32, what a calibrated head must compute."""
+    temperature = torch.as_tensor(scaling.temperature, dtype=torch.float32)
+    return logits / temperature + torch.as_tensor(scaling.bias, dtype=torch.float32)
+
+
 def test_calibrated_head_is_pure():
     weight, bias = torch.randn(len(LABELS), 8), torch.randn(len(LABELS))
     saved = weight.clone(), bias.clone()
@@ -223,10 +229,7 @@ def test_calibrated_model_logits_and_stock_reload(tiny_model, tmp_path):
     pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         original, rescaled = model(pixel_values=pixels).logits, calibrated(pixel_values=pixels).logits
-    expected = original / torch.as_tensor(scaling.temperature, dtype=torch.float32) + torch.as_tensor(
-        scaling.bias, dtype=torch.float32
-    )
-    torch.testing.assert_close(rescaled, expected)
+    torch.testing.assert_close(rescaled, scaled_by_hand(original, scaling))
     torch.testing.assert_close(model.state_dict(), original_state)  # the input model is untouched
     assert getattr(model.config, THRESHOLDS_KEY) == thresholds and not hasattr(model.config, CALIBRATION_KEY)
 
@@ -251,10 +254,7 @@ def test_bias_free_head_gains_a_bias(tiny_model):
     pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         original, rescaled = model(pixel_values=pixels).logits, calibrated(pixel_values=pixels).logits
-    expected = original / torch.as_tensor(scaling.temperature, dtype=torch.float32) + torch.as_tensor(
-        scaling.bias, dtype=torch.float32
-    )
-    torch.testing.assert_close(rescaled, expected)
+    torch.testing.assert_close(rescaled, scaled_by_hand(original, scaling))
 
 
 def test_wrong_head_is_refused(tiny_model):
