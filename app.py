@@ -6,9 +6,9 @@
 Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, which Gradio reads when --host and
 --port are not given. Positives use the per-label thresholds that scripts/evaluate.py stored in the model's
 config.json (0.5 when there are none; the page says which). Heatmaps come from the explainer registry that the
-evaluation report scores (cxr_vit.explainers): --explainer, else the default, else gradcam where the model's family
-needs it; a model no explainer supports is served without heatmaps, and the page says why. Research demo, not for
-clinical use.
+evaluation report scores (cxr_vit.evaluation.explainers): --explainer, else the default, else gradcam where the
+model's family needs it; a model no explainer supports is served without heatmaps, and the page says why. Research
+demo, not for clinical use.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from PIL import Image
 
 from cxr_vit import LABELS, Predictor
 from cxr_vit.data.images import XrayReadError, xray_size
-from cxr_vit.explainers import EXPLAINERS, ExplainerError
+from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import ModelLoadError, UnreadableImageError, read_image
 
 MODEL_ENV = "CXR_VIT_MODEL"

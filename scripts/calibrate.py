@@ -26,11 +26,11 @@ import sys
 from pathlib import Path
 
 from cxr_vit import Classifier, NIHDataError, load_chestxray14, load_model, save_model
-from cxr_vit.calibration import BIAS_CHOICES, calibrate_model, fit_calibration, logits_from_probabilities
 from cxr_vit.cards import write_model_card
 from cxr_vit.cli import add_dataset_arguments, add_model_arguments, add_runtime_arguments, check_runtime_arguments
 from cxr_vit.constants import LABELS, TRAINING_CURVES_NAME
 from cxr_vit.data import select_splits
+from cxr_vit.evaluation.calibration import BIAS_CHOICES, calibrate_model, fit_calibration, logits_from_probabilities
 from cxr_vit.prediction import ModelLoadError
 
 # What the training run left beside the weights that still describes the calibrated model (AUCs do not change).

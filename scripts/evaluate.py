@@ -38,8 +38,8 @@ from cxr_vit.evaluation import (
     write_report,
     write_thresholds,
 )
-from cxr_vit.explainers import EXPLAINERS, ExplainerError, resolve_explainer
-from cxr_vit.localization import read_bbox_csv
+from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, resolve_explainer
+from cxr_vit.evaluation.localization import read_bbox_csv
 from cxr_vit.markdown import format_ci
 from cxr_vit.prediction import ModelLoadError
 

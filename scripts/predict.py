@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from cxr_vit.cli import add_model_arguments, add_runtime_arguments, check_runtime_arguments
-from cxr_vit.explainers import EXPLAINERS, ExplainerError
+from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import (
     ModelLoadError,
     Predictor,

@@ -121,7 +121,7 @@ def write_planted_boxes(
     as "Infiltrate", coordinates in the 1024x1024 space), so the real ``--bbox_csv`` path reads them. The other
     six findings are never positive (no AUC for them), "No Finding" is set exactly when no box is drawn.
     """
-    from cxr_vit.localization import BBOX_LABELS, BOXED_FINDINGS
+    from cxr_vit.evaluation.localization import BBOX_LABELS, BOXED_FINDINGS
 
     release_names = {label: name for name, label in BBOX_LABELS.items()}
     frame = pd.read_csv(source_csv, dtype=str, keep_default_na=False)

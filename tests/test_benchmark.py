@@ -11,7 +11,9 @@ import torch
 from conftest import REPO
 from PIL import Image
 
-from cxr_vit.benchmarks.run import GPU_KEYS, NOT_MEASURED, BenchmarkArguments, interleaved_rates
+from cxr_vit.benchmarks.arguments import NOT_MEASURED, BenchmarkArguments
+from cxr_vit.benchmarks.cpu_pipeline import interleaved_rates
+from cxr_vit.benchmarks.gpu import GPU_KEYS
 from cxr_vit.benchmarks.synthetic import synthetic_xray
 
 TINY = [
@@ -76,7 +78,7 @@ def test_interleaved_rates_keeps_the_best_round():
 
 def test_gpu_measurement_code_runs_on_cpu(tmp_path):
     """The GPU section, run on the CPU with a tiny model: every step of it executes and reports images/s."""
-    from cxr_vit.benchmarks.run import measure_gpu
+    from cxr_vit.benchmarks.gpu import measure_gpu
     from cxr_vit.data.cache import write_cache
     from cxr_vit.data.transforms import EvalGeometry
 
@@ -104,7 +106,7 @@ def test_gpu_measurement_code_runs_on_cpu(tmp_path):
 
 def test_train_script_measurement_runs_on_cpu(tmp_path, prepared_mini):
     """The end-to-end GPU row runs the real accelerate launch scripts/train.py; here on the CPU, tiny."""
-    from cxr_vit.benchmarks.run import measure_train_script, release_gpu_memory
+    from cxr_vit.benchmarks.gpu import measure_train_script, release_gpu_memory
 
     args = BenchmarkArguments(
         model_name="vit_tiny_patch16_224", image_size=32, batch_size=8, gpu_steps=3, gpu_warmup_steps=2,
@@ -122,7 +124,7 @@ def test_train_script_measurement_runs_on_cpu(tmp_path, prepared_mini):
 def test_tiled_train_split_keeps_the_prepared_features(tmp_path, prepared_mini):
     import datasets
 
-    from cxr_vit.benchmarks.run import tile_train_split
+    from cxr_vit.benchmarks.gpu import tile_train_split
 
     original = datasets.load_dataset(str(prepared_mini))
     tiled = datasets.load_dataset(str(tile_train_split(prepared_mini, tmp_path / "tiled", 2000)))
@@ -132,7 +134,7 @@ def test_tiled_train_split_keeps_the_prepared_features(tmp_path, prepared_mini):
 
 def test_training_flops_grow_faster_than_the_pixels():
     """Counted, not timed: 4x the pixels at 448 px is 4x the tokens, and attention grows with their square."""
-    from cxr_vit.benchmarks.run import measure_train_flops
+    from cxr_vit.benchmarks.flops import measure_train_flops
 
     flops = measure_train_flops("vit_tiny_patch16_224", [224, 448])
     assert flops["224"]["relative"] == 1.0 and 4.0 < flops["448"]["relative"] < 8.0

@@ -15,8 +15,8 @@ from PIL import Image
 from scipy.special import expit, logit
 from transformers import AutoModelForImageClassification, pipeline
 
-from cxr_vit.calibration import CALIBRATION_KEY, calibration_report, fit_calibration
 from cxr_vit.constants import LABELS, THRESHOLDS_KEY
+from cxr_vit.evaluation.calibration import CALIBRATION_KEY, calibration_report, fit_calibration
 from cxr_vit.hub import push_model
 from cxr_vit.inference import Classifier
 from cxr_vit.prediction import load_model

@@ -11,7 +11,8 @@ import torch
 from scipy.special import expit
 from sklearn.calibration import calibration_curve
 
-from cxr_vit.calibration import (
+from cxr_vit.constants import LABELS, THRESHOLDS_KEY
+from cxr_vit.evaluation.calibration import (
     CALIBRATION_KEY,
     TemperatureScaling,
     calibrate_model,
@@ -24,7 +25,6 @@ from cxr_vit.calibration import (
     plot_reliability,
     reliability_bins,
 )
-from cxr_vit.constants import LABELS, THRESHOLDS_KEY
 
 N = 20_000
 # Alternating over-confident (T > 1) and under-confident (T < 1) labels, one calibrated.
@@ -277,7 +277,7 @@ def test_a_perfectly_separated_label_is_left_unscaled():
 
 
 def test_uncalibrated_model_folds_the_scaling_back_out(tiny_model):
-    from cxr_vit.calibration import uncalibrated_model
+    from cxr_vit.evaluation.calibration import uncalibrated_model
 
     calibrated = calibrate_model(tiny_model, scaling_for_test()).eval()
     original = uncalibrated_model(calibrated).eval()

@@ -172,7 +172,7 @@ def test_thresholds_are_chosen_on_validation_only(tiny_model, mini_splits, monke
     validation, test = mini_splits["validation"], mini_splits["test"]
     seen = []
     original = evaluation.choose_thresholds
-    monkeypatch.setattr(evaluation, "choose_thresholds", lambda p, t: seen.append((p, t)) or original(p, t))
+    monkeypatch.setattr(evaluation.report, "choose_thresholds", lambda p, t: seen.append((p, t)) or original(p, t))
     result = evaluate_model(tiny_model, test, validation, n_bootstrap=10)
     assert len(seen) == 1 and len(seen[0][1]) == validation.num_rows != test.num_rows
     val_probabilities, val_targets = Classifier(tiny_model, device="cpu").predict_dataset(validation)

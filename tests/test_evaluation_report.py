@@ -14,12 +14,12 @@ from hub_server import HubServer, point_hf_clients_at
 from inference_helpers import load_script, save_tiny_model
 from PIL import Image
 
-from cxr_vit.calibration import calibration_report
 from cxr_vit.cards import ReportMismatchError, find_report, render_model_card, template_path
 from cxr_vit.constants import LABELS
 from cxr_vit.evaluation import weights_fingerprint
-from cxr_vit.explainers import DEFAULT_EXPLAINER
-from cxr_vit.localization import read_bbox_csv
+from cxr_vit.evaluation.calibration import calibration_report
+from cxr_vit.evaluation.explainers import DEFAULT_EXPLAINER
+from cxr_vit.evaluation.localization import read_bbox_csv
 from cxr_vit.modeling import timm_state_dict
 from cxr_vit.prediction import load_model
 

@@ -6,7 +6,7 @@ import torch
 from conftest import MINI_IMAGES, REPO, TEST_DATA
 from inference_helpers import load_script
 
-from cxr_vit.explainers import (
+from cxr_vit.evaluation.explainers import (
     DEFAULT_EXPLAINER,
     FALLBACK_EXPLAINER,
     ExplainerError,

@@ -7,14 +7,14 @@ import copy
 import pytest
 import torch
 
-from cxr_vit.explainers import (
+from cxr_vit.evaluation.explainers import (
     EXPLAINERS,
     attention_maps,
     get_explainer,
     gradient_rollout_relevance,
     rollout_relevance,
 )
-from cxr_vit.heatmaps import grad_cam
+from cxr_vit.evaluation.heatmaps import grad_cam
 from cxr_vit.modeling import create_model
 
 

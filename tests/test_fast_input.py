@@ -126,7 +126,7 @@ def test_dataloader_batches_and_workers_hold_no_copy(cache_dir):
 
 
 def test_workers_memory_map_instead_of_copying(tmp_path):
-    from cxr_vit.benchmarks.run import measure_worker_memory
+    from cxr_vit.benchmarks.worker_memory import measure_worker_memory
 
     tile = np.random.default_rng(0).integers(0, 256, (128, 128), dtype=np.uint8)
     count = 1536  # 24 MB

@@ -11,7 +11,7 @@ import pytest
 
 from cxr_vit.constants import LABELS
 from cxr_vit.data.nih import NIHDataError
-from cxr_vit.localization import (
+from cxr_vit.evaluation.localization import (
     BBOX_LABELS,
     BOXED_FINDINGS,
     WANG_2017,
@@ -246,7 +246,7 @@ def test_published_tables_are_well_formed():
 
 
 def test_model_input_geometry_of_a_tiny_model():
-    from cxr_vit.localization import model_input_geometry
+    from cxr_vit.evaluation.localization import model_input_geometry
     from cxr_vit.modeling import create_model
 
     model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=64, model_kwargs={"depth": 1})

@@ -23,9 +23,9 @@ from inference_helpers import load_script
 from planted import write_planted_boxes
 from test_learnability import RECIPE
 
-from cxr_vit.calibration import CALIBRATION_KEY
 from cxr_vit.constants import FINDINGS, LABELS
-from cxr_vit.explainers import DEFAULT_EXPLAINER, EXPLAINERS
+from cxr_vit.evaluation.calibration import CALIBRATION_KEY
+from cxr_vit.evaluation.explainers import DEFAULT_EXPLAINER, EXPLAINERS
 from cxr_vit.modeling import save_model
 from cxr_vit.prediction import load_model
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from cxr_vit.constants import LABELS
 from cxr_vit.data.transforms import model_view
-from cxr_vit.heatmaps import grad_cam, heatmap_panel, overlay
+from cxr_vit.evaluation.heatmaps import grad_cam, heatmap_panel, overlay
 from cxr_vit.prediction import (
     ModelLoadError,
     Predictor,

@@ -156,7 +156,7 @@ def test_a_timm_repo_on_the_hub_is_a_backbone(tmp_path, monkeypatch):
 def test_higher_resolutions_resample_position_embeddings_and_keep_one_geometry(tmp_path, size, square):
     """A 224-px checkpoint into a size-px model: position embeddings resampled; the cache side, the eval crop and
     Grad-CAM's grid follow the size."""
-    from cxr_vit.heatmaps import grad_cam
+    from cxr_vit.evaluation.heatmaps import grad_cam
 
     source = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=1, num_classes=1000)
     torch.save({"model": source.state_dict()}, tmp_path / "research.pth")
@@ -247,7 +247,7 @@ EXPLAINABLE = {
 
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_each_family_has_its_listed_explainers_and_refuses_the_others(family):
-    from cxr_vit.explainers import EXPLAINERS, ExplainerError, get_explainer, resolve_explainer
+    from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, get_explainer, resolve_explainer
 
     name, size, kwargs = FAMILIES[family]
     model = create_model(name, pretrained=False, image_size=size, model_kwargs=kwargs).eval()

@@ -10,7 +10,7 @@ import pytest
 
 from cxr_vit.constants import FINDINGS, LABEL2ID, LABELS, NO_FINDING
 from cxr_vit.data.nih import multi_hot_matrix, read_labels_csv
-from cxr_vit.subgroups import (
+from cxr_vit.evaluation.subgroups import (
     age_groups,
     attribute_groups,
     called_no_finding,

@@ -107,8 +107,8 @@ def find_report(model_dir: str | os.PathLike, report: str | os.PathLike | None =
 
 def card_evaluation(report: dict) -> dict:
     """What the model card shows of a report: the headline, a calibration line, a short subgroup table."""
+    from .evaluation.subgroups import ATTRIBUTE_TITLES, macro_cell, underdiagnosis_cell
     from .markdown import format_ci
-    from .subgroups import ATTRIBUTE_TITLES, macro_cell, underdiagnosis_cell
 
     calibration = report.get("calibration") or {}
     model, before = calibration.get("model"), calibration.get("uncalibrated")
@@ -153,7 +153,7 @@ def card_evaluation(report: dict) -> dict:
 
 def card_calibration(config: dict) -> dict | None:
     """The temperature scaling recorded in a calibrated model's config (``cxr_vit_calibration``), for the card."""
-    from .calibration import CALIBRATION_KEY
+    from .evaluation.calibration import CALIBRATION_KEY
 
     record = config.get(CALIBRATION_KEY)
     if not record:

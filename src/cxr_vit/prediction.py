@@ -4,9 +4,9 @@ A ``Predictor`` wraps a saved cxr-vit model (folder or Hub id) in the one infere
 (:class:`cxr_vit.inference.Classifier`: the same preprocessing and precision as the Trainer's evaluation and the
 evaluation report) with per-label thresholds: a ``thresholds.json`` written by ``scripts/evaluate.py``, or the ones
 ``evaluate.py --save_thresholds`` stored in ``config.json``; without either it uses 0.5 and says so. Heatmaps come
-from the explainer registry (:mod:`cxr_vit.explainers`, the same one the evaluation report scores): the one asked
-for, else the default, else Grad-CAM where the model's family needs it. Files that cannot be decoded are reported by
-name and skipped, never a crash halfway through a folder.
+from the explainer registry (:mod:`cxr_vit.evaluation.explainers`, the same one the evaluation report scores): the one
+asked for, else the default, else Grad-CAM where the model's family needs it. Files that cannot be decoded are
+reported by name and skipped, never a crash halfway through a folder.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from transformers import AutoModelForImageClassification, TimmWrapperForImageCla
 from .constants import FINDING_IDS, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
-from .explainers import ExplainerError, get_explainer, resolve_explainer
-from .heatmaps import heatmap_panel
+from .evaluation.explainers import ExplainerError, get_explainer, resolve_explainer
+from .evaluation.heatmaps import heatmap_panel
 from .inference import Classifier, Ensemble
 
 logger = logging.getLogger(__name__)
@@ -152,10 +152,10 @@ class Predictor:
             (:class:`cxr_vit.inference.Ensemble`); heatmaps stay ``model``'s.
         thresholds_file: a ``thresholds.json`` of scripts/evaluate.py; default: the thresholds stored in the
             model's config.json, else 0.5 for every label.
-        explainer: the heatmap method (:func:`cxr_vit.explainers.resolve_explainer`): one that cannot explain the
-            model raises :class:`cxr_vit.explainers.ExplainerError` here; without one, the default or the fallback,
-            and where neither fits ``explainer`` is None and asking for heatmaps raises (``explainer_source`` says
-            why).
+        explainer: the heatmap method (:func:`cxr_vit.evaluation.explainers.resolve_explainer`): one that cannot
+            explain the model raises :class:`cxr_vit.evaluation.explainers.ExplainerError` here; without one, the
+            default or the fallback, and where neither fits ``explainer`` is None and asking for heatmaps raises
+            (``explainer_source`` says why).
     """
 
     def __init__(

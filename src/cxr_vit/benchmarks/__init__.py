@@ -1,5 +1,6 @@
 """Benchmark-only code, apart from the library the trainer imports: ``scripts/benchmark.py`` runs it.
 
-``run``: the measurements and their table; ``notebook_recipe``: a typical notebook recipe as the baseline;
+``run``: runs the measurements (one module each: ``prepare_cache``, ``cpu_pipeline``, ``worker_memory``,
+``flops``, ``gpu``) and ``table`` prints them; ``notebook_recipe``: a typical notebook recipe as the baseline;
 ``synthetic``: NIH-like 1024 px films for measuring at the real scale without the 42 GB release.
 """

@@ -1,243 +1,40 @@
-"""The evaluation report: per-label AUC/AUPRC with patient bootstrap CIs, validation-chosen thresholds, curves.
+"""The evaluation report: discrimination with patient-bootstrap CIs, validation-chosen thresholds, curves, and the
+sections reporting standards ask for.
 
-Confidence intervals resample *patients*, not images: follow-up films of one patient are correlated, so an
-image bootstrap understates the spread. A resample draws as many patients as the split has, with
-replacement, and pools their images: each image is weighted by how often its patient was drawn (the same
-numbers as copying the images, without the copies). A resample in which a label has a single class has no AUC
-for that label and is left out of its interval; how many were used is reported. Point estimates come from
-sklearn; the resamples from a vectorised equivalent that the tests check against sklearn (1,000 resamples of
-the 25,596-image official test list take ~20 s instead of minutes of per-call sklearn overhead).
-
-Operating thresholds use Youden's J (the ROC point maximising sensitivity + specificity - 1) on the
-validation split only, never on the evaluated one. J, unlike max-F1, does not depend on prevalence, so a
-rare finding such as Hernia is not pushed to a threshold no positive passes.
-
-Beyond discrimination, :func:`evaluate_model` adds the sections reporting standards ask for, each from its building
-block: subgroups by sex, age band and view position (:mod:`cxr_vit.subgroups`; "not available" when the split has
-no such columns), calibration (:mod:`cxr_vit.calibration`; before and after for a temperature-scaled model, whose
-config records T and b) and, given the official box list, localization of an explainer's heatmaps
-(:mod:`cxr_vit.localization`, :mod:`cxr_vit.explainers`). The report's Method section lists the reporting-checklist
-topics (CLAIM 2024, TRIPOD+AI) that the run actually covered.
+:func:`evaluate_model` predicts the validation and the evaluated split through the one inference path, chooses
+thresholds on validation (:mod:`.thresholds`), and reports on the evaluated split: per-label AUC/AUPRC with
+patient-bootstrap intervals (:mod:`.bootstrap`), subgroups by sex, age band and view position (:mod:`.subgroups`;
+"not available" when the split has no such columns), calibration (:mod:`.calibration`; before and after for a
+temperature-scaled model, whose config records T and b) and, given the official box list, localization of an
+explainer's heatmaps (:mod:`.localization`, :mod:`.explainers`). The report's Method section lists the
+reporting-checklist topics (CLAIM 2024, TRIPOD+AI) that the run actually covered.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, multilabel_confusion_matrix, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
+from ..constants import FINDINGS, LABELS, NO_FINDING, THRESHOLDS_KEY
+from ..inference import Classifier, Ensemble
+from ..markdown import format_ci, number, table
+from ..metrics import finite_or_none
+from ..modeling import timm_state_dict
 from . import calibration
-from .constants import FINDING_IDS, FINDINGS, LABELS, NO_FINDING, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
-from .inference import Classifier, Ensemble
-from .markdown import format_ci, number, table
-from .metrics import finite_or_none, label_scores
-
-logger = logging.getLogger(__name__)
-
-THRESHOLD_RULE = "Youden's J (max sensitivity + specificity - 1) on the validation split"
-FALLBACK_THRESHOLD = 0.5
-
-
-# ---- thresholds --------------------------------------------------------------------------------------
-
-
-def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    """Per-label Youden's J threshold (predict positive when probability >= threshold).
-
-    Give this the *validation* predictions. A label with one class there has no ROC curve: it gets 0.5 and a
-    warning.
-    """
-    thresholds = {}
-    for index, label in enumerate(LABELS):
-        column = targets[:, index]
-        if column.min() == column.max():
-            logger.warning("%s has one class in the validation split: threshold %.1f", label, FALLBACK_THRESHOLD)
-            thresholds[label] = FALLBACK_THRESHOLD
-            continue
-        fpr, tpr, cuts = roc_curve(column, probabilities[:, index])
-        best = int(np.argmax((tpr - fpr)[1:])) + 1  # cuts[0] is +inf: "nothing positive" is no operating point
-        thresholds[label] = float(cuts[best])
-    return thresholds
-
-
-def operating_points(
-    probabilities: np.ndarray, targets: np.ndarray, thresholds: dict[str, float]
-) -> dict[str, dict[str, float]]:
-    """Sensitivity, specificity, PPV and F1 per label at ``thresholds`` (NaN where a ratio is 0/0)."""
-    cut = np.array([thresholds[label] for label in LABELS])
-    matrices = multilabel_confusion_matrix(targets, (probabilities >= cut).astype(int))
-    results = {}
-    for label, ((tn, fp), (fn, tp)) in zip(LABELS, matrices, strict=True):
-        results[label] = {
-            "sensitivity": _ratio(tp, tp + fn),
-            "specificity": _ratio(tn, tn + fp),
-            "ppv": _ratio(tp, tp + fp),
-            "f1": _ratio(2 * tp, 2 * tp + fp + fn),
-        }
-    return results
-
-
-def _ratio(numerator: int, denominator: int) -> float:
-    return float(numerator / denominator) if denominator else float("nan")
-
-
-def threshold_config_entries(thresholds: dict[str, float], info: dict) -> dict:
-    """The config.json keys that carry the thresholds (``cxr_vit.prediction.load_thresholds`` reads them)."""
-    return {THRESHOLDS_KEY: {label: float(thresholds[label]) for label in LABELS}, THRESHOLDS_INFO_KEY: info}
-
-
-THRESHOLDS_FILE = "thresholds.json"
-
-
-def write_thresholds(path: str | os.PathLike, thresholds: dict[str, float], info: dict) -> Path:
-    """``thresholds.json``: the per-label thresholds in canonical order and how they were chosen."""
-    path = Path(path)
-    path.write_text(json.dumps({"thresholds": {label: float(thresholds[label]) for label in LABELS}, **info}, indent=2))
-    return path
-
-
-def store_thresholds(model_dir: str | os.PathLike, entries: dict) -> Path:
-    """Add the threshold keys to ``model_dir/config.json`` in place, every other key untouched."""
-    path = Path(model_dir) / "config.json"
-    config = json.loads(path.read_text())
-    config.update(entries)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)  # never a half-written config.json
-    return path
-
-
-# ---- bootstrap ---------------------------------------------------------------------------------------
-
-
-def metric_table(probabilities: np.ndarray, targets: np.ndarray, warn: bool = True) -> np.ndarray:
-    """``(2, 15)``: per-label ROC-AUC (row 0) and AUPRC (row 1) from :func:`cxr_vit.metrics.label_scores`."""
-    scores = label_scores(probabilities, targets, warn)
-    return np.stack([scores.auc, scores.auprc])
-
-
-def macro_auc(auc: np.ndarray, findings: Sequence[int] = FINDING_IDS) -> np.ndarray:
-    """Mean AUC over ``findings`` along the last axis; NaN where any of them is NaN."""
-    return np.asarray(auc)[..., findings].mean(axis=-1)
-
-
-def weighted_auc_ap(scores: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ROC-AUC and average precision of one label under each row of ``weights`` (``(resamples, n)``) at once.
-
-    The same numbers as sklearn's ``roc_auc_score`` / ``average_precision_score`` with ``sample_weight``
-    (ties count half for AUC; AP steps at each distinct score), which the tests check. It exists for speed:
-    sklearn takes one call per resample, label and metric (30,000 calls, ~1-3 ms each, for 1,000 resamples),
-    while the sort order and the tie blocks of the scores are the same in every resample, so here one sort
-    serves all of them and the rest is cumulative sums. NaN where a resample has only one class.
-    """
-    order = np.argsort(-scores, kind="stable")  # descending, as the thresholds of a PR curve
-    sorted_scores, positive = scores[order], targets[order].astype(bool)
-    starts = np.flatnonzero(np.r_[True, sorted_scores[1:] != sorted_scores[:-1]])  # one block per distinct score
-    weights = weights[:, order]
-    pos = np.add.reduceat(np.where(positive, weights, 0.0), starts, axis=1)  # (resamples, blocks)
-    neg = np.add.reduceat(np.where(positive, 0.0, weights), starts, axis=1)
-    total_pos, total_neg = pos.sum(axis=1), neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        # AUC: each positive beats the negatives scored below it (later blocks) and ties with half of its block.
-        neg_below = total_neg[:, None] - np.cumsum(neg, axis=1)
-        auc = (pos * (neg_below + 0.5 * neg)).sum(axis=1) / (total_pos * total_neg)
-        # AP: sum over thresholds of (recall step) x (precision at that threshold).
-        true_pos, called = np.cumsum(pos, axis=1), np.cumsum(pos + neg, axis=1)
-        precision = np.where(called > 0, true_pos / np.where(called > 0, called, 1.0), 0.0)
-        ap = (pos * precision).sum(axis=1) / total_pos
-    defined = (total_pos > 0) & (total_neg > 0)
-    return np.where(defined, auc, np.nan), np.where(defined, ap, np.nan)
-
-
-def patient_resamples(
-    num_patients: int, n_bootstrap: int, seed: int, chunk_size: int
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """Per chunk of resamples: its rows and how often each patient was drawn, ``(rows, num_patients)``.
-
-    A resample draws as many patients as there are, with replacement; chunks bound the draw matrix's memory.
-    """
-    rng = np.random.default_rng(seed)
-    for start in range(0, n_bootstrap, chunk_size):
-        size = min(chunk_size, n_bootstrap - start)
-        draws = rng.integers(0, num_patients, size=(size, num_patients))
-        counts = np.zeros((size, num_patients))
-        np.add.at(counts, (np.arange(size)[:, None], draws), 1.0)
-        yield slice(start, start + size), counts
-
-
-def bootstrap_distribution(
-    probabilities: np.ndarray,
-    targets: np.ndarray,
-    groups: Sequence,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    chunk_size: int = 200,
-) -> np.ndarray:
-    """``(n_bootstrap, 2, 15)`` per-label AUC and AUPRC of patient-level resamples (NaN: one class).
-
-    Each image of a resample (:func:`patient_resamples`) is weighted by how often its patient was drawn, which
-    equals pooling copies of the drawn patients' images.
-    """
-    _, group_index = np.unique(np.asarray(groups), return_inverse=True)
-    tables = np.empty((n_bootstrap, 2, len(LABELS)))
-    for rows, counts in patient_resamples(int(group_index.max()) + 1, n_bootstrap, seed, chunk_size):
-        weights = counts[:, group_index]
-        for label in range(len(LABELS)):
-            auc, ap = weighted_auc_ap(probabilities[:, label], targets[:, label], weights)
-            tables[rows, 0, label], tables[rows, 1, label] = auc, ap
-    return tables
-
-
-def interval(point: float, samples: np.ndarray, confidence: float = 0.95) -> dict[str, float | int | None]:
-    """Point estimate with a percentile interval of the finite ``samples`` and how many there were."""
-    used = samples[np.isfinite(samples)]
-    tail = (1.0 - confidence) / 2.0 * 100.0
-    low, high = np.percentile(used, [tail, 100.0 - tail]) if used.size else (math.nan, math.nan)
-    return {
-        "value": finite_or_none(point),
-        "ci_low": finite_or_none(low),
-        "ci_high": finite_or_none(high),
-        "n_resamples": int(used.size),
-    }
-
-
-def bootstrap_report(
-    probabilities: np.ndarray,
-    targets: np.ndarray,
-    groups: Sequence,
-    n_bootstrap: int = 1000,
-    seed: int = 0,
-    confidence: float = 0.95,
-    warn: bool = True,
-) -> dict:
-    """Per-label AUC/AUPRC intervals and the 14-finding macro AUC interval, from patient resamples.
-
-    The macro AUC averages the findings with an AUC on the whole split; a resample counts towards its interval
-    only if each of those findings has both classes in it, so every resample averages the same labels.
-    """
-    point = metric_table(probabilities, targets, warn)
-    samples = bootstrap_distribution(probabilities, targets, groups, n_bootstrap, seed)
-    findings = np.array([i for i in FINDING_IDS if np.isfinite(point[0, i])], dtype=int)
-    labels = {
-        label: {
-            "auc": interval(point[0, i], samples[:, 0, i], confidence),
-            "auprc": interval(point[1, i], samples[:, 1, i], confidence),
-        }
-        for i, label in enumerate(LABELS)
-    }
-    macro_point = macro_auc(point[0], findings) if findings.size else math.nan
-    macro_samples = macro_auc(samples[:, 0], findings) if findings.size else np.full(n_bootstrap, math.nan)
-    return {"auc_macro": interval(macro_point, macro_samples, confidence), "labels": labels}
-
+from .bootstrap import bootstrap_report
+from .localization import localization_markdown as localization_table
+from .localization import localization_section
+from .subgroups import plot_subgroup_forest, subgroup_markdown, subgroup_report
+from .thresholds import THRESHOLD_RULE, THRESHOLDS_FILE, choose_thresholds, operating_points
 
 # ---- the whole evaluation ----------------------------------------------------------------------------
 
@@ -287,16 +84,14 @@ def evaluate_model(
     ensemble: Sequence = (),
 ) -> Evaluation:
     """Predict both splits (:class:`cxr_vit.inference.Classifier`), choose thresholds on ``validation``, report on
-    ``evaluated``: discrimination, subgroups, calibration and, with ``boxes`` (:func:`cxr_vit.localization.
+    ``evaluated``: discrimination, subgroups, calibration and, with ``boxes`` (:func:`cxr_vit.evaluation.localization.
     read_bbox_csv` of the file ``bbox_csv``), the localization of ``explainer``'s heatmaps
-    (:func:`cxr_vit.explainers.resolve_explainer`).
+    (:func:`cxr_vit.evaluation.explainers.resolve_explainer`).
 
     ``tta``: fixed views averaged per image; ``ensemble``: more models whose probabilities are averaged with
     ``model``'s (:class:`cxr_vit.inference.Ensemble`). Heatmaps and the calibration's before/after are
     ``model``'s own; the report records what was averaged.
     """
-    from .modeling import timm_state_dict
-
     classifier = Classifier(model, device=device, precision=precision, tta=tta)
     members = [classifier, *(Classifier(other, device=device, precision=precision, tta=tta) for other in ensemble)]
     predictor = Ensemble(members) if len(members) > 1 else classifier
@@ -340,8 +135,6 @@ def evaluate_model(
         classifier, evaluated, probabilities, targets, batch_size, num_workers, single_model=len(members) == 1
     )
     if boxes is not None:
-        from .localization import localization_section
-
         report["localization"] = localization_section(classifier, evaluated, boxes, explainer, batch_size, bbox_csv)
     report["checklist"] = reporting_checklist(report)
     return Evaluation(report, probabilities, targets, thresholds, uncalibrated)
@@ -350,9 +143,7 @@ def evaluate_model(
 def subgroup_section(
     evaluated, patients: np.ndarray, probabilities: np.ndarray, targets: np.ndarray, thresholds: dict, **options
 ) -> dict:
-    """:func:`cxr_vit.subgroups.subgroup_report` on the metadata columns the split has, or why there is none."""
-    from .subgroups import subgroup_report
-
+    """:func:`.subgroups.subgroup_report` on the metadata columns the split has, or why there is none."""
     present = [column for column in SUBGROUP_COLUMNS if column in evaluated.column_names]
     missing = [column for column in SUBGROUP_COLUMNS if column not in present]
     if not present:
@@ -373,7 +164,7 @@ def calibration_section(
     of its probabilities before the scaling; those probabilities or None).
 
     A model made by ``scripts/calibrate.py`` records T and b, so the original head comes back exactly (``W T``,
-    ``(b' - b) T``: :func:`cxr_vit.calibration.uncalibrated_model`) and predicts the evaluated split through the same
+    ``(b' - b) T``: :func:`.calibration.uncalibrated_model`) and predicts the evaluated split through the same
     inference path. Inverting its float32 probabilities instead would fail where the calibrated ones saturate.
     """
     section = {"model": calibration.calibration_report(probabilities, targets), "uncalibrated": None, "scaling": None}
@@ -538,11 +329,9 @@ def calibration_markdown(section: dict, split: str) -> list[str]:
 
 
 def subgroups_markdown(section: dict) -> list[str]:
-    """The Subgroup analysis section (:func:`cxr_vit.subgroups.subgroup_markdown`), or why there is none."""
+    """The Subgroup analysis section (:func:`cxr_vit.evaluation.subgroups.subgroup_markdown`), or why there is none."""
     if not section.get("available"):
         return ["## Subgroup analysis", "", f"Not available: {section.get('reason', 'not computed')}.", ""]
-    from .subgroups import subgroup_markdown
-
     lines = [subgroup_markdown(section)]
     if section.get("missing_columns"):
         lines += [f"Not in this split, so not analysed: {', '.join(section['missing_columns'])}.", ""]
@@ -550,9 +339,7 @@ def subgroups_markdown(section: dict) -> list[str]:
 
 
 def localization_markdown(section: dict) -> list[str]:
-    """The Localization section: explainer, box counts, then :func:`cxr_vit.localization.localization_markdown`."""
-    from .localization import localization_markdown as table
-
+    """The Localization section: explainer, box counts, then :func:`.localization.localization_markdown`."""
     notes = [
         f"Heatmaps: `{section['explainer']}` ({section['explainer_choice']}), the map of each boxed finding on its "
         f"image. Boxes: `{section['bbox_csv']}`, {section['n_boxes_scored']} of its {section['n_boxes_in_file']} "
@@ -571,7 +358,7 @@ def localization_markdown(section: dict) -> list[str]:
         f"Chance level of the pointing game: {overall['chance_pointing']:.3f} (the boxes' mean share of the model "
         "input: a map peaking at a random place hits that often)."
     )
-    return [table(section, reference=section.get("reference"), notes=notes)]
+    return [localization_table(section, reference=section.get("reference"), notes=notes)]
 
 
 def checklist_markdown(items: list[dict[str, str]]) -> list[str]:
@@ -645,8 +432,6 @@ REPORT_FILES = (
 def write_report(evaluation: Evaluation, output_dir: str | os.PathLike) -> dict[str, Path]:
     """Write ``report.json``, ``report.md``, ROC and PR curves, the reliability diagrams and, when there were
     subgroups, their forest plot; return their paths."""
-    from .subgroups import plot_subgroup_forest
-
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     names = ["report.json", "report.md", "roc_curves.png", "pr_curves.png", "reliability_diagram.png"]

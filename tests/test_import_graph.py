@@ -1,0 +1,91 @@
+"""The package's import graph: no module imports another in a loop, and the evaluation modules' old names still work.
+
+Every import statement counts, also those inside functions: a loop that only closes at run time is still a loop
+for a reader and for the tools that draw the graph.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+MOVED = ("subgroups", "calibration", "localization", "explainers", "heatmaps")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> the cxr_vit modules it imports``, resolved to modules (``from . import x`` names the submodule)."""
+    paths = {module_name(path): path for path in SRC.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        edges = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
+                target = ".".join([*base, *([node.module] if node.module else [])])
+                submodules = [f"{target}.{alias.name}" for alias in node.names if f"{target}.{alias.name}" in paths]
+                targets = submodules or [target]
+            else:
+                continue
+            edges |= {target for target in targets if target in paths and target != name}
+        graph[name] = edges
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for child in sorted(graph[node]):
+            if state.get(child) == 1:
+                return stack[stack.index(child) :] + [child]
+            if child not in state and (cycle := visit(child)):
+                return cycle
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_import_graph_has_no_cycle():
+    graph = import_graph()
+    assert "cxr_vit.evaluation.bootstrap" in graph["cxr_vit.evaluation.subgroups"]  # the graph is read
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_the_cycle_finder_finds_a_planted_loop():
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize("name", MOVED)
+def test_old_module_names_are_the_evaluation_package_modules(name):
+    assert importlib.import_module(f"cxr_vit.{name}") is importlib.import_module(f"cxr_vit.evaluation.{name}")
+
+
+def test_names_of_the_old_evaluation_module_still_import():
+    from cxr_vit import evaluate_model, write_report
+    from cxr_vit.evaluation import bootstrap_report, choose_thresholds, store_thresholds, weights_fingerprint
+
+    assert evaluate_model.__module__ == write_report.__module__ == "cxr_vit.evaluation.report"
+    assert bootstrap_report.__module__ == "cxr_vit.evaluation.bootstrap"
+    assert choose_thresholds.__module__ == store_thresholds.__module__ == "cxr_vit.evaluation.thresholds"
+    assert callable(weights_fingerprint)
