@@ -76,7 +76,9 @@ def section_summary(report: dict, split: str) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_model_arguments(parser, ensemble="heatmaps and the calibration's before/after are the first model's")
+    add_model_arguments(
+        parser, ensemble="heatmaps and the calibration's before/after are the first model's", space_separated=True
+    )
     add_dataset_arguments(parser, "test", "The split to report on (default: test).")
     parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
     parser.add_argument("--output_dir", required=True, help="Where report.json/.md and the curves go.")

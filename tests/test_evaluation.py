@@ -282,3 +282,13 @@ def test_a_label_with_one_class_is_na_left_out_and_counted_everywhere():
         "threshold_rule": "test", "bootstrap": {"n_resamples": 20, "seed": 0, "confidence": 0.95},
     }  # fmt: skip
     assert "| Hernia " in report_markdown(full) and "n/a" in report_markdown(full).split("| Hernia ")[1].split("\n")[0]
+
+
+def test_evaluate_takes_an_ensemble_space_separated_or_repeated(tmp_path, capsys):
+    """``--model A B`` (as most command lines take lists) and ``--model A --model B`` name the same ensemble."""
+    main = load_script(REPO / "scripts" / "evaluate.py").main
+    common = ["--dataset_name", str(tmp_path / "data"), "--output_dir", str(tmp_path / "r"), "--save_thresholds"]
+    for models in (["--model", "a", "b"], ["--model", "a", "--model", "b"], ["--model", "a", "b", "--model", "c"]):
+        with pytest.raises(SystemExit):  # refused only because an ensemble's thresholds are not one model's
+            main([*models, *common])
+        assert "thresholds chosen on averaged probabilities" in capsys.readouterr().err

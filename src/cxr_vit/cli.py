@@ -9,17 +9,26 @@ from .data.gpu_augment import EVAL_VIEWS
 from .inference import PRECISIONS
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, ensemble: str | None = None) -> None:
-    """``--model`` (one; repeatable for an ensemble when ``ensemble`` says what the first model is used for) and,
-    with an ensemble, ``--tta``."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, ensemble: str | None = None, space_separated: bool = False
+) -> None:
+    """``--model`` (one; several for an ensemble when ``ensemble`` says what the first model is used for) and,
+    with an ensemble, ``--tta``.
+
+    An ensemble's models are given by repeating ``--model``, and with ``space_separated`` also as ``--model A B``
+    (and both mixed), as most command lines take lists; a script whose positional arguments would be swallowed
+    by that form (predict.py's files) takes the repeated form only.
+    """
     if ensemble is None:
         parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id (only read).")
         return
+    how = "several (--model A B, or --model A --model B)" if space_separated else "repeat it (--model A --model B)"
     parser.add_argument(
         "--model",
         required=True,
-        action="append",
-        help=f"A cxr-vit model folder or Hub id; repeat it for an ensemble (probabilities averaged; {ensemble}).",
+        action="extend" if space_separated else "append",
+        nargs="+" if space_separated else None,
+        help=f"A cxr-vit model folder or Hub id; {how} for an ensemble (probabilities averaged; {ensemble}).",
     )
     parser.add_argument(
         "--tta", type=int, default=1, help=f"Fixed views averaged per image: 1 (the centre crop) to {EVAL_VIEWS}."

@@ -14,6 +14,11 @@ DataLoader workers, so no worker holds its own copy of the dataset.
 The key in meta.json covers everything that decides the cached pixels: the dataset (its fingerprint and digests of
 its ids and labels), the eval resize side, the interpolation and the crop, and the preprocessing's version. A cache
 is derived data, so a stale one is rebuilt (saying why), never read.
+
+A cache is built in a staging folder beside it and renamed into place only when complete, so a build killed
+half-way leaves no partial cache to read (its staging folder is removed by the next build). :func:`ensure_cache`
+holds a file lock per cache (:mod:`cxr_vit.data.locking`): processes that start together, such as the ranks of
+a node, build it once and the others wait, then reuse it.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from .locking import exclusive
 from .transforms import EvalGeometry, resize_for_model
 
 logger = logging.getLogger(__name__)
@@ -42,6 +48,7 @@ IMAGES_FILE = "images.npy"
 LABELS_FILE = "labels.npy"
 META_FILE = "meta.json"
 CACHE_ROOT_ENV = "CXR_VIT_CACHE"
+STAGING_SUFFIX = ".tmp-"  # <cache>.tmp-<pid>: a build in progress, or one that was killed
 
 
 def default_cache_dir(
@@ -89,7 +96,7 @@ def write_cache(
     """
     directory = Path(directory)
     labels = np.asarray(labels, dtype=np.float32)
-    staging = directory.with_name(f"{directory.name}.tmp-{os.getpid()}")
+    staging = directory.with_name(f"{directory.name}{STAGING_SUFFIX}{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     _decode_all(staging / IMAGES_FILE, read_images, len(labels), geometry, num_threads, chunk_size)
@@ -155,13 +162,21 @@ def ensure_cache(
 ) -> Path:
     """The cache of ``dataset`` (a ``datasets.Dataset`` with ``image`` and ``labels``) in ``directory``.
 
-    Reused when its meta.json matches the dataset, built (or rebuilt when stale) otherwise. Run it on the
-    main process first in distributed training (``TrainingArguments.main_process_first``).
+    Reused when its meta.json matches the dataset, built (or rebuilt when stale) otherwise, under the cache's
+    lock: a process that finds another building it waits, then reuses it.
     """
+    directory = Path(directory)
+    with exclusive(directory.with_name(f"{directory.name}.lock"), f"building the image cache {directory}"):
+        for staging in directory.parent.glob(f"{directory.name}{STAGING_SUFFIX}*"):
+            logger.warning("removing %s: an image cache build that was interrupted", staging)
+            shutil.rmtree(staging, ignore_errors=True)
+        return _ensure_cache(dataset, directory, geometry, num_threads)
+
+
+def _ensure_cache(dataset, directory: Path, geometry: EvalGeometry, num_threads: int | None) -> Path:
     import datasets  # only here: the cache readers and the benchmark's GPU side do not need `datasets`
 
     key = dataset_key(dataset, geometry)
-    directory = Path(directory)
     meta = read_meta(directory)
     if meta == key and (directory / IMAGES_FILE).is_file():
         logger.info("using the image cache %s", directory)

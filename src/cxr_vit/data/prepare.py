@@ -5,6 +5,11 @@ The folder has the layout ``push_to_hub`` writes (``data/<split>-0000N-of-0000M.
 and every feature (Image, the ClassLabel names, the fixed-length label list) survives the round trip. Beside
 them, ``prepare.json`` records what the folder was made from (:mod:`cxr_vit.data.provenance`): a folder is
 reused only when that record matches the inputs and settings given now.
+
+A preparation marks the folder as incomplete (:data:`PREPARING_MARKER`) before it writes anything and writes
+``prepare.json`` last, atomically, then removes the mark: a folder still marked was interrupted (or is being
+written by another process) and is never read; the next :func:`ensure_prepared` rebuilds it. That function holds
+a file lock on the folder (:mod:`cxr_vit.data.locking`), so concurrent runs wait for one preparation, then reuse it.
 """
 
 from __future__ import annotations
@@ -26,12 +31,23 @@ from huggingface_hub import DatasetCardData
 from ..cards import render_card
 from ..constants import LABELS, SPLITS
 from .builder import DEFAULT_SPLIT_SEED, NIHChestXray14
+from .locking import exclusive
 from .nih import NIHDataError, index_images, read_labels_csv
-from .provenance import PREPARE_RECORD, prepare_record, read_record, record_differences, write_record
+from .provenance import (
+    PREPARE_RECORD,
+    PREPARING_MARKER,
+    interrupted_preparation,
+    mark_preparing,
+    prepare_record,
+    read_record,
+    record_differences,
+    write_record,
+)
 
 logger = logging.getLogger(__name__)
 
 MAX_SHARD_BYTES = 500 * 1024**2
+LOCK_FILE = ".cxr_vit_prepare.lock"  # beside the marker; never uploaded (push_dataset names the files it sends)
 
 
 @dataclass
@@ -241,6 +257,9 @@ def prepare_dataset(
     folder, so nothing but ``output_dir`` is left on disk.
     """
     record = record or _record_for(images_dir, labels_csv, build_kwargs)
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    mark_preparing(output_dir)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_build_") as cache_dir:
         dataset, report = build_dataset(images_dir, labels_csv, cache_dir=cache_dir, **build_kwargs)
         card_values = {
@@ -253,6 +272,7 @@ def prepare_dataset(
         }
         write_prepared(dataset, output_dir, report, card_values)
     write_record(output_dir, {**record, "splits": report.split_rows, "skipped": report.num_skipped})
+    (output_dir / PREPARING_MARKER).unlink()  # complete: the record is in place
     logger.info("wrote %s: %s, %d skipped", output_dir, report.split_rows, report.num_skipped)
     if report.labels_without_positives:
         logger.warning(
@@ -300,9 +320,33 @@ def ensure_prepared(
 
     Reused (returns None) when its ``prepare.json`` matches the inputs and settings given now. A folder made from
     anything else raises :class:`StalePreparedDataError` saying what differs, unless ``overwrite``, which
-    rebuilds it (its image caches too). Returns the report of a new preparation.
+    rebuilds it (its image caches too). A folder whose preparation was interrupted is rebuilt. Returns the
+    report of a new preparation. Runs under the folder's lock: a second process waits, then reuses.
     """
     output_dir = Path(output_dir)
+    with exclusive(output_dir / LOCK_FILE, f"preparing {output_dir}"):
+        clear_interrupted(output_dir)
+        return _ensure_prepared(output_dir, images_dir, labels_csv, overwrite, build_kwargs)
+
+
+def clear_interrupted(output_dir: Path) -> None:
+    """Remove what an interrupted preparation left in ``output_dir`` (call it holding the folder's lock)."""
+    started = interrupted_preparation(output_dir)
+    if started is None:
+        return
+    logger.warning(
+        "%s holds an unfinished preparation (pid %s on %s, started %s): it was interrupted; rebuilding it",
+        output_dir, started.get("pid", "?"), started.get("host", "?"), started.get("started", "?"),
+    )  # fmt: skip
+    for partial in [*(output_dir / "data").glob("*.parquet"), output_dir / "README.md", output_dir / PREPARE_RECORD]:
+        partial.unlink(missing_ok=True)
+    shutil.rmtree(output_dir / "cache", ignore_errors=True)
+    (output_dir / PREPARING_MARKER).unlink()
+
+
+def _ensure_prepared(
+    output_dir: Path, images_dir: str | os.PathLike, labels_csv: str | os.PathLike, overwrite: bool, build_kwargs: dict
+) -> PrepareReport | None:
     current = None
     if (output_dir / "README.md").is_file() or (output_dir / PREPARE_RECORD).is_file():
         recorded = read_record(output_dir)

@@ -8,6 +8,9 @@ when all of it matches what would be prepared now.
 Paths are recorded for information but not compared: moving or copying the same files is not a change. Image
 contents are fingerprinted by name and size, not hashed: hashing 42 GB of PNGs at every start would cost minutes.
 An image rewritten in place at the very same byte size goes unnoticed; re-prepare after such an edit.
+
+The record is written last and atomically: it is what makes a folder complete. Until then the folder carries
+:data:`PREPARING_MARKER`, and a folder still marked was interrupted (or is being written) and is never read.
 """
 
 from __future__ import annotations
@@ -15,12 +18,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
+import time
 from pathlib import Path
 from typing import Any
 
 from .nih import index_images, read_labels_csv
 
 PREPARE_RECORD = "prepare.json"
+# In a folder while it is being prepared, removed once its record is written: a marked folder is never read.
+PREPARING_MARKER = ".cxr_vit_preparing.json"
 RECORD_VERSION = 1
 # The settings that change a prepared folder's content (num_proc does not).
 RECORDED_PARAMETERS = ("config", "image_size", "split_seed", "validation_fraction", "test_fraction", "on_bad_image")
@@ -66,6 +73,25 @@ def prepare_record(
     }
 
 
+def mark_preparing(folder: str | os.PathLike) -> Path:
+    """Mark ``folder`` as being prepared (by whom, since when) until :func:`write_record` completes it."""
+    started = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+    path = Path(folder) / PREPARING_MARKER
+    path.write_text(json.dumps(started) + "\n")
+    return path
+
+
+def interrupted_preparation(folder: str | os.PathLike) -> dict | None:
+    """Who started the unfinished preparation of ``folder`` (interrupted, or still running), else None."""
+    marker = Path(folder) / PREPARING_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        return json.loads(marker.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}  # killed while writing the marker itself
+
+
 def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(folder) / PREPARE_RECORD
     return json.loads(path.read_text()) if path.is_file() else None
@@ -73,7 +99,9 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 def write_record(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
     path = Path(folder) / PREPARE_RECORD
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    temporary = path.with_name(f"{PREPARE_RECORD}.tmp-{os.getpid()}")
+    temporary.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(temporary, path)  # the record marks a complete folder: never half of one
     return path
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -29,6 +30,7 @@ import pyarrow.compute
 from ..constants import LABEL2ID, LABELS, NUM_LABELS
 from .builder import DEFAULT_SPLIT_SEED
 from .nih import NIHDataError, parse_age
+from .provenance import interrupted_preparation
 from .splits import patient_wise_split
 
 logger = logging.getLogger(__name__)
@@ -219,7 +221,15 @@ def load_chestxray14(
     name: str, config: str | None = None, split_seed: int = DEFAULT_SPLIT_SEED
 ) -> datasets.DatasetDict:
     """``datasets.load_dataset(name, config)`` (a prepared folder, any local dataset folder or a Hub id) in
-    cxr-vit's layout (:func:`canonical_splits`); a name that loads nothing raises :class:`NIHDataError`."""
+    cxr-vit's layout (:func:`canonical_splits`); a name that loads nothing, or a folder whose preparation has not
+    finished, raises :class:`NIHDataError`."""
+    started = interrupted_preparation(name) if Path(name).is_dir() else None
+    if started is not None:
+        raise NIHDataError(
+            f"{name} is only partly prepared: its preparation (pid {started.get('pid', '?')} on "
+            f"{started.get('host', '?')}, started {started.get('started', '?')}) was interrupted or is still running. "
+            "Run scripts/prepare_data.py (or train.py with --images_dir) with the same arguments to finish it."
+        )
     try:
         dataset = datasets.load_dataset(name, config)
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as err:
