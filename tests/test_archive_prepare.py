@@ -1,0 +1,67 @@
+"""Preparing straight from the release's images_*.tar.gz gives the same dataset as the extracted folder."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tarfile
+
+import pandas as pd
+import pytest
+from conftest import MINI_IMAGES, MINI_KAGGLE_CSV
+from release_files import release_archives
+
+from cxr_vit.data import ensure_prepared, prepare_dataset
+from cxr_vit.data.nih import NIHDataError
+from cxr_vit.data.prepare import StalePreparedDataError
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    names = sorted(pd.read_csv(MINI_KAGGLE_CSV)["Image Index"])
+    return release_archives(MINI_IMAGES, tmp_path_factory.mktemp("release"), names)
+
+
+def shard_hashes(folder):
+    return {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (folder / "data").glob("*.parquet")}
+
+
+def test_archive_prepare_equals_folder_prepare(archives, prepared_mini, tmp_path):
+    report = prepare_dataset(archives[0].parent, MINI_KAGGLE_CSV, tmp_path / "from_archives", num_proc=2)
+    assert report.num_skipped == 0 and sum(report.split_rows.values()) == 1000
+    hashes = shard_hashes(tmp_path / "from_archives")
+    assert len(hashes) == 3 and hashes == shard_hashes(prepared_mini)
+
+
+def test_one_archive_and_the_fingerprint_covers_the_archives(archives, tmp_path):
+    folder = tmp_path / "release"
+    folder.mkdir()
+    shutil.copy(archives[0], folder / archives[0].name)
+    frame = pd.read_csv(MINI_KAGGLE_CSV, dtype=str, keep_default_na=False)
+    csv = tmp_path / "labels.csv"
+    with tarfile.open(archives[0]) as tar:
+        inside = [name.removeprefix("images/") for name in tar.getnames()]
+    frame[frame["Image Index"].isin(inside)].to_csv(csv, index=False)
+    output = tmp_path / "prepared"
+    assert ensure_prepared(output, archives[0], csv) is not None  # the archive itself
+    assert ensure_prepared(output, folder, csv) is None  # the same archive in a folder: reused
+    with open(folder / archives[0].name, "ab") as file:
+        file.write(b"\0" * 1024)  # the archive changed size
+    with pytest.raises(StalePreparedDataError, match="image files"):
+        ensure_prepared(output, folder, csv)
+
+
+def test_missing_mixed_and_broken_archives_are_named(archives, tmp_path):
+    only_first = tmp_path / "first"
+    only_first.mkdir()
+    shutil.copy(archives[0], only_first / archives[0].name)
+    with pytest.raises(NIHDataError, match=r"image\(s\) listed in .* are not in .*first:\n  line \d+: "):
+        prepare_dataset(only_first, MINI_KAGGLE_CSV, tmp_path / "out")
+    shutil.copy(MINI_IMAGES / "00000001_000.png", only_first / "00000001_000.png")
+    with pytest.raises(NIHDataError, match="holds both image archives"):
+        prepare_dataset(only_first, MINI_KAGGLE_CSV, tmp_path / "out2")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "images_001.tar.gz").write_bytes(archives[0].read_bytes()[:5000])
+    with pytest.raises(NIHDataError, match="cannot read archive .*images_001.tar.gz.*truncated or corrupt"):
+        prepare_dataset(broken, MINI_KAGGLE_CSV, tmp_path / "out3", on_bad_image="skip")
