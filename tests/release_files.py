@@ -107,3 +107,19 @@ class ReleaseServer:
     def __exit__(self, *exc):
         self._server.shutdown()
         self._server.server_close()
+
+
+def mini_release(root: Path) -> Path:
+    """The bundled mini set as a small release in ``root``: 3 archives, the full-format label CSV, the box list,
+    and official-style split lists (every fifth patient in test_list.txt)."""
+    import pandas as pd
+    from conftest import MINI_FULL_CSV, MINI_IMAGES, TEST_DATA
+
+    frame = pd.read_csv(MINI_FULL_CSV, dtype=str, keep_default_na=False)
+    release_archives(MINI_IMAGES, root, sorted(frame["Image Index"]))
+    (root / "Data_Entry_2017_v2020.csv").write_bytes(MINI_FULL_CSV.read_bytes())
+    (root / "BBox_List_2017.csv").write_bytes((TEST_DATA / "bbox_nih_mini.csv").read_bytes())
+    in_test = frame["Patient ID"].astype(int) % 5 == 0
+    (root / "test_list.txt").write_text("\n".join(frame["Image Index"][in_test]) + "\n")
+    (root / "train_val_list.txt").write_text("\n".join(frame["Image Index"][~in_test]) + "\n")
+    return root
