@@ -1,31 +1,19 @@
 """A small copy of the NIH release built from the bundled images, and a loopback HTTP server that serves it.
 
-``release_archives`` packs the mini set's PNGs into ``images_001.tar.gz`` ... with the release's member layout
-(``images/NNNNNNNN_NNN.png``). ``ReleaseServer`` serves a folder over HTTP on 127.0.0.1 with Range requests
-(206), and can be told to cut a file's response off after some bytes, as a dropped connection does.
+``mini_release`` lays the mini set out as the release: its PNGs in ``images_001.tar.gz`` ... (members
+``images/NNNNNNNN_NNN.png``), the label CSV, the box list and split lists. ``ReleaseServer`` serves a folder over
+HTTP on 127.0.0.1 with Range requests (206), and can be told to cut a file's response off after some bytes, as a
+dropped connection does.
 """
 
 from __future__ import annotations
 
 import http.server
 import re
-import tarfile
 import threading
 from pathlib import Path
 
-
-def release_archives(images_dir: Path, output_dir: Path, names: list[str], count: int = 3) -> list[Path]:
-    """Pack ``names`` (files of ``images_dir``) into ``count`` archives named as the release's, in order."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    archives = []
-    per_archive = -(-len(names) // count)
-    for index in range(count):
-        archive = output_dir / f"images_{index + 1:03d}.tar.gz"
-        with tarfile.open(archive, "w:gz") as tar:
-            for name in names[index * per_archive : (index + 1) * per_archive]:
-                tar.add(images_dir / name, arcname=f"images/{name}")
-        archives.append(archive)
-    return archives
+from cxr_vit.data.archives import write_archives
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -116,7 +104,7 @@ def mini_release(root: Path) -> Path:
     from conftest import MINI_FULL_CSV, MINI_IMAGES, TEST_DATA
 
     frame = pd.read_csv(MINI_FULL_CSV, dtype=str, keep_default_na=False)
-    release_archives(MINI_IMAGES, root, sorted(frame["Image Index"]))
+    write_archives(MINI_IMAGES, sorted(frame["Image Index"]), root, count=3)
     (root / "Data_Entry_2017_v2020.csv").write_bytes(MINI_FULL_CSV.read_bytes())
     (root / "BBox_List_2017.csv").write_bytes((TEST_DATA / "bbox_nih_mini.csv").read_bytes())
     in_test = frame["Patient ID"].astype(int) % 5 == 0

@@ -9,9 +9,9 @@ import tarfile
 import pandas as pd
 import pytest
 from conftest import MINI_IMAGES, MINI_KAGGLE_CSV
-from release_files import release_archives
 
 from cxr_vit.data import ensure_prepared, prepare_dataset
+from cxr_vit.data.archives import write_archives
 from cxr_vit.data.nih import NIHDataError
 from cxr_vit.data.prepare import StalePreparedDataError
 
@@ -19,7 +19,7 @@ from cxr_vit.data.prepare import StalePreparedDataError
 @pytest.fixture(scope="module")
 def archives(tmp_path_factory):
     names = sorted(pd.read_csv(MINI_KAGGLE_CSV)["Image Index"])
-    return release_archives(MINI_IMAGES, tmp_path_factory.mktemp("release"), names)
+    return write_archives(MINI_IMAGES, names, tmp_path_factory.mktemp("release"), count=3)
 
 
 def shard_hashes(folder):

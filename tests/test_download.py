@@ -9,8 +9,9 @@ import stat
 
 import pytest
 from conftest import MINI_FULL_CSV, MINI_IMAGES
-from release_files import ReleaseServer, release_archives
+from release_files import ReleaseServer
 
+from cxr_vit.data.archives import write_archives
 from cxr_vit.release import ChecksumMismatchError, DownloadError, download_files, download_with_kaggle, release_files
 from cxr_vit.release.download import MANIFEST_NAME, summary
 from cxr_vit.release.files import UrlListError
@@ -21,7 +22,7 @@ def served(tmp_path_factory):
     """Three archives of 60 mini images each and the label CSV, in a folder the server serves."""
     root = tmp_path_factory.mktemp("served")
     names = sorted(path.name for path in MINI_IMAGES.glob("*.png"))[:180]
-    release_archives(MINI_IMAGES, root, names)
+    write_archives(MINI_IMAGES, names, root, count=3)
     (root / MINI_FULL_CSV.name).write_bytes(MINI_FULL_CSV.read_bytes())
     return root
 
