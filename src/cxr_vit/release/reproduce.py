@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+import timm
 import torch
 import yaml
 
@@ -43,12 +44,12 @@ STEPS = ("download", "prepare", "train", "evaluate", "calibrate")
 GPU_STEPS = ("train", "evaluate", "calibrate")
 REPORT_NAME = "reproduction.md"
 KAGGLE_LABELS_CSV = "Data_Entry_2017.csv"
-# Measured throughputs the --dry_run estimate rests on (docs/data.md, docs/speed.md, shared field notes).
-# Archive prepare to 256 px, 1024 px 8-bit PNGs of ~550 KB, per process: 2-core AMD EPYC KVM guest, no GPU.
-PREPARE_IMAGES_PER_S_PER_PROCESS = None
-# Prepared Parquet bytes per image at 256 px, same measurement.
-PREPARED_BYTES_PER_IMAGE = None
-# ViT-B/16 at 224, bf16, uint8 cache + GPU augmentation, torch.compile: one NVIDIA H200 (field notes).
+# Measured figures the --dry_run estimate rests on. Prepare from archives to 256 px, synthesized 1024 px 8-bit PNGs of
+# ~550 KB (scripts/benchmark_archive_prepare.py, docs/data.md; 2-core AMD EPYC KVM guest, no GPU): CPU seconds per
+# image and prepared Parquet bytes per image.
+PREPARE_CPU_S_PER_IMAGE = 0.015
+PREPARED_BYTES_PER_IMAGE = 23_600
+# ViT-B/16 at 224, bf16, uint8 cache + GPU augmentation, torch.compile: one NVIDIA H200 (shared field notes).
 TRAIN_IMAGES_PER_S_PER_GPU = 2885
 
 
@@ -320,22 +321,20 @@ class Reproduction:
         train_images = 0.9 * 86_524  # train_val_list.txt less the 10% validation carve-out
         disk = {
             "download": f"{RELEASE_GB} GB (the archives stay packed)",
-            "prepare": _gb(PREPARED_BYTES_PER_IMAGE and 3 * PREPARED_BYTES_PER_IMAGE * NUM_RELEASE_IMAGES)
-            + " while building, a third of it after",
-            "train": "checkpoints: see the recipe's save_total_limit",
+            "prepare": _gb(3 * PREPARED_BYTES_PER_IMAGE * NUM_RELEASE_IMAGES)
+            + " while building (measured at 256 px), a third "
+            "of it after",
+            "train": _gb(self.checkpoint_bytes()) + " of checkpoints (weights + AdamW state, fp32)",
             "evaluate": "< 0.1 GB",
             "calibrate": "one model folder",
         }
         estimate = {
             "download": "network-bound, not estimated",
-            "prepare": _hours(
-                PREPARE_IMAGES_PER_S_PER_PROCESS
-                and NUM_RELEASE_IMAGES / (PREPARE_IMAGES_PER_S_PER_PROCESS * min(self.args.num_proc or 1, 12))
-            )
-            + f" with {self.args.num_proc or 1} process(es)",
-            "train": _hours(epochs * train_images / (TRAIN_IMAGES_PER_S_PER_GPU * self.args.gpus))
-            + f" for {epochs} epochs on {self.args.gpus} H200-class GPU(s) (ViT-B/16 224 px anchor; early stopping "
-            "may end sooner)",
+            "prepare": _duration(NUM_RELEASE_IMAGES * PREPARE_CPU_S_PER_IMAGE / min(self.args.num_proc or 1, 12))
+            + f" with {self.args.num_proc or 1} process(es) on free cores (one per archive at most)",
+            "train": _duration(epochs * train_images / (TRAIN_IMAGES_PER_S_PER_GPU * self.args.gpus))
+            + f" for {epochs} epochs on {self.args.gpus} GPU(s) at the {TRAIN_IMAGES_PER_S_PER_GPU} images/s per H200 "
+            "measured for ViT-B/16 at 224 px (other models, GPUs or resolutions differ; early stopping may end sooner)",
             "evaluate": "not measured",
             "calibrate": "not measured",
         }
@@ -345,6 +344,17 @@ class Reproduction:
             lines.append(f"  {step:<9} {status:<13} disk {disk[step]}; time {estimate[step]}")
         return "\n".join(lines)
 
+    def checkpoint_bytes(self) -> float:
+        """The checkpoints the recipe keeps (``save_total_limit``, 2 by default) and the final model: 12 bytes per
+        parameter each (fp32 weights and AdamW's two moments), 4 for the final weights."""
+        model = timm.create_model(
+            self.recipe.get("model_name", "vit_base_patch16_224"),
+            pretrained=False,
+            **(self.recipe.get("model_kwargs") or {}),
+        )
+        parameters = sum(parameter.numel() for parameter in model.parameters())
+        return parameters * (12 * self.recipe.get("save_total_limit", 2) + 4)
+
     def _done_without_inputs(self, step: str) -> bool:
         try:
             return self.is_done(step)
@@ -352,9 +362,9 @@ class Reproduction:
             return False
 
 
-def _gb(value: float | None) -> str:
-    return "not measured" if not value else f"~{value / 1e9:.0f} GB"
+def _gb(value: float) -> str:
+    return f"~{value / 1e9:.1f} GB"
 
 
-def _hours(seconds: float | None) -> str:
-    return "not measured" if not seconds else f"~{seconds / 3600:.1f} h"
+def _duration(seconds: float) -> str:
+    return f"~{seconds / 60:.0f} min" if seconds < 7200 else f"~{seconds / 3600:.1f} h"
