@@ -65,3 +65,17 @@ def test_missing_mixed_and_broken_archives_are_named(archives, tmp_path):
     (broken / "images_001.tar.gz").write_bytes(archives[0].read_bytes()[:5000])
     with pytest.raises(NIHDataError, match="cannot read archive .*images_001.tar.gz.*truncated or corrupt"):
         prepare_dataset(broken, MINI_KAGGLE_CSV, tmp_path / "out3", on_bad_image="skip")
+
+
+def test_archive_prepare_benchmark_measures_both_sources():
+    from cxr_vit.benchmarks.archive_prepare import format_rows, measure_archive_prepare
+
+    rows = measure_archive_prepare(
+        MINI_KAGGLE_CSV, 40, num_archives=2, image_size=64, num_proc=(1,), synthetic_size=256
+    )
+    assert [row["source"] for row in rows] == ["extracted folder", "2 archives"]
+    for row in rows:
+        assert row["images_per_s"] > 0 and row["cpu_s_per_image"] > 0
+        assert 0 < row["output_bytes_per_image"] < row["input_bytes_per_image"] / 4  # 256 px films shrunk to 64
+    assert rows[0]["output_bytes_per_image"] == rows[1]["output_bytes_per_image"]  # the same Parquet
+    assert format_rows(rows).count("\n") == 3

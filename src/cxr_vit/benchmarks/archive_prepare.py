@@ -33,12 +33,16 @@ def measure_archive_prepare(
     num_archives: int = 2,
     image_size: int = 256,
     num_proc: tuple[int, ...] = (1, 2),
+    synthetic_size: int = 1024,
     work_dir: str | os.PathLike | None = None,
 ) -> list[dict]:
-    """One row per (source, num_proc): images/s, CPU s per image, input and output bytes per image."""
+    """One row per (source, num_proc): images/s, CPU s per image, input and output bytes per image.
+
+    ``synthetic_size``: side of the synthesized films (NIH's is 1024; smaller only to test this quickly).
+    """
     with tempfile.TemporaryDirectory(prefix="cxr_vit_archive_bench_", dir=work_dir) as work:
         work = Path(work)
-        images_dir, labels_csv = write_synthetic_nih(work / "synthetic", names_csv, num_images)
+        images_dir, labels_csv = write_synthetic_nih(work / "synthetic", names_csv, num_images, synthetic_size)
         names = sorted(path.name for path in images_dir.iterdir())
         archives_dir = work / "archives"
         write_archives(images_dir, names, archives_dir, num_archives)
