@@ -45,6 +45,7 @@ def test_one_archive_and_the_fingerprint_covers_the_archives(archives, tmp_path)
     output = tmp_path / "prepared"
     assert ensure_prepared(output, archives[0], csv) is not None  # the archive itself
     assert ensure_prepared(output, folder, csv) is None  # the same archive in a folder: reused
+    assert ensure_prepared(output, str(folder / "images_00[1-3].tar.gz"), csv) is None  # or matched by a pattern
     with open(folder / archives[0].name, "ab") as file:
         file.write(b"\0" * 1024)  # the archive changed size
     with pytest.raises(StalePreparedDataError, match="image files"):

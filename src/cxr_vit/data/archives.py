@@ -8,6 +8,7 @@ and the members a caller wants are handed over as ``(file name, bytes)``; the bu
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import posixpath
@@ -28,12 +29,18 @@ def is_archive(path: str | os.PathLike) -> bool:
 
 
 def find_archives(images_dir: str | os.PathLike) -> list[Path] | None:
-    """The archives ``images_dir`` stands for: itself when it is one, else the archives directly inside it.
+    """The archives ``images_dir`` stands for: itself when it is one, those a pattern matches
+    (``'nih/images_00[1-3].tar.gz'``), else the archives directly inside it.
 
     None when it holds no archive (a folder of images, read by :func:`cxr_vit.data.nih.index_images`). A folder
     with both archives and image files is refused: which of the two copies to read is the user's call.
     """
     path = Path(images_dir)
+    if not path.exists() and any(char in str(path) for char in "*?["):  # a quoted pattern: these archives
+        archives = sorted(Path(match) for match in glob.glob(str(path)))
+        if not archives or not all(is_archive(archive) for archive in archives):
+            raise NIHDataError(f"images_dir pattern {str(path)!r} must match one or more {ARCHIVE_SUFFIXES} files")
+        return archives
     if path.is_file():
         if not is_archive(path):
             raise NIHDataError(

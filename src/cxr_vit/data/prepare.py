@@ -41,7 +41,7 @@ class PrepareArguments:
     images_dir: str = field(
         metadata={
             "help": "Folder of NIH PNGs (flat, or images_*/images/ subfolders), or of the release's images_*.tar.gz "
-            "(read without extracting, one process per archive), or one such archive."
+            "(read without extracting, one process per archive), or one such archive, or a quoted pattern of them."
         }
     )
     labels_csv: str = field(metadata={"help": "sample_labels.csv (Kaggle) or Data_Entry_2017*.csv (full)."})

@@ -180,7 +180,8 @@ class Reproduction:
             started = time.perf_counter()
             details = actions[step]()
             wall = time.perf_counter() - started
-            gpus = min(self.args.gpus, torch.cuda.device_count()) if step in GPU_STEPS else 0  # 0 on a CPU
+            # GPUs used: training takes --gpus, evaluation and calibration one; 0 on a CPU-only machine
+            gpus = min(self.args.gpus if step == "train" else 1, torch.cuda.device_count()) if step in GPU_STEPS else 0
             marker = {
                 "step": step,
                 "key": self.step_key(step),
@@ -224,6 +225,8 @@ class Reproduction:
         launcher = [sys.executable]
         if self.args.gpus > 1:
             launcher += ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(self.args.gpus)]
+            config = self.scripts_dir.parent / "accelerate_config.yaml"
+            launcher += ["--config_file", str(config)] if config.is_file() else []
         self._run_script(
             *launcher,
             str(self.scripts_dir / "train.py"),
@@ -241,25 +244,23 @@ class Reproduction:
         return {"train_runtime_s": results.get("train_runtime"), "resumed": same_run}
 
     def evaluate(self) -> dict:
-        shutil.rmtree(self.evaluation_dir, ignore_errors=True)
-        self._run_script(
-            sys.executable, str(self.scripts_dir / "evaluate.py"),
-            "--model", str(self.model_dir),
-            "--dataset_name", str(self.prepared),
-            "--output_dir", str(self.evaluation_dir),
-            "--n_bootstrap", str(self.args.n_bootstrap),
-        )  # fmt: skip
+        self._run_on_model("evaluate.py", self.evaluation_dir, "--n_bootstrap", str(self.args.n_bootstrap))
         return {"report": str(self.evaluation_dir / "report.json")}
 
     def calibrate(self) -> dict:
-        shutil.rmtree(self.calibrated_dir, ignore_errors=True)
+        self._run_on_model("calibrate.py", self.calibrated_dir)
+        return {"model": str(self.calibrated_dir)}
+
+    def _run_on_model(self, script: str, output_dir: Path, *extra: str) -> None:
+        """``script --model <model> --dataset_name <prepared> --output_dir ...``, into a fresh ``output_dir``."""
+        shutil.rmtree(output_dir, ignore_errors=True)  # what a killed attempt left
         self._run_script(
-            sys.executable, str(self.scripts_dir / "calibrate.py"),
+            sys.executable, str(self.scripts_dir / script),
             "--model", str(self.model_dir),
             "--dataset_name", str(self.prepared),
-            "--output_dir", str(self.calibrated_dir),
+            "--output_dir", str(output_dir),
+            *extra,
         )  # fmt: skip
-        return {"model": str(self.calibrated_dir)}
 
     def _run_script(self, *command: str) -> None:
         logger.info("running %s", " ".join(command))
