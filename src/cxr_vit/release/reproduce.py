@@ -117,10 +117,16 @@ class Reproduction:
         return kaggle if kaggle.is_file() and not (self.data_dir / LABELS_CSV).is_file() else self.data_dir / LABELS_CSV
 
     def files_to_fetch(self):
-        """The URL list's files, less the archives when the folder holds the extracted (Kaggle) layout."""
+        """The URL list's files, less the archives when the folder holds the extracted (Kaggle) layout, and less
+        the v2020 label CSV when Kaggle's ``Data_Entry_2017.csv`` stands in for it."""
         files = release_files(self.args.urls)
         extracted = any(path.is_dir() for path in self.data_dir.glob("images_*"))
-        return [entry for entry in files if not (extracted and entry.is_archive)]
+        kaggle_csv = (self.data_dir / KAGGLE_LABELS_CSV).is_file()
+        return [
+            entry
+            for entry in files
+            if not (extracted and entry.is_archive) and not (kaggle_csv and entry.name == LABELS_CSV)
+        ]
 
     def prepare_options(self) -> dict:
         return {
