@@ -18,11 +18,15 @@ import numpy as np
 import pandas as pd
 
 from ..constants import LABELS, NUM_LABELS
-from .images import encode_png, load_xray
+from .archives import find_archives, iter_archive
+from .images import MemberFile, encode_png, load_xray
 from .nih import NIHDataError, index_images, multi_hot_matrix, read_image_list, read_labels_csv
 from .splits import patient_wise_split
 
 BAD_IMAGE_POLICIES = ("error", "skip")
+# Read from archives, every image goes into this one split (one pass over each archive); build_dataset then
+# selects train/validation/test from it in the CSV's order (:func:`cxr_vit.data.prepare.build_dataset`).
+ARCHIVE_SPLIT = "archives"
 DEFAULT_SPLIT_SEED = 42
 
 _DESCRIPTION = (
@@ -61,7 +65,8 @@ class NIHChestXray14Config(datasets.BuilderConfig):
     """Where the NIH files are and how to split and shrink them.
 
     Args:
-        images_dir: folder with the PNGs (flat, or the full release's ``images_*/images/`` subfolders).
+        images_dir: folder with the PNGs (flat, or the full release's ``images_*/images/`` subfolders), or a
+            folder of the release's ``images_*.tar.gz`` archives, or one archive: read without extracting.
         labels_csv: ``sample_labels.csv`` or ``Data_Entry_2017*.csv``.
         train_val_list / test_list: the official split lists (``full`` config only); when given, the test
             split is exactly ``test_list`` and validation is carved patient-wise out of ``train_val_list``.
@@ -112,6 +117,14 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
         if config.name != "full" and (config.train_val_list or config.test_list):
             raise NIHDataError("train_val_list / test_list are official lists of the full release: use config 'full'")
         frame = read_labels_csv(config.labels_csv)
+        archives = find_archives(config.images_dir)
+        if archives:
+            frame["split"] = self._assign_splits(frame)
+            # Which split each image goes to, in CSV order: build_dataset selects the splits with it.
+            self.assigned_splits = frame[["image_id", "split", "csv_line"]]
+            records = {record["image_id"]: record for record in frame.to_dict("records")}
+            gen_kwargs = {"records": records, "archives": [str(archive) for archive in archives]}
+            return [datasets.SplitGenerator(name=ARCHIVE_SPLIT, gen_kwargs=gen_kwargs)]
         images = index_images(config.images_dir)
         frame = self._attach_paths(frame, images)
         frame["split"] = self._assign_splits(frame)
@@ -126,11 +139,7 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
         frame = frame.assign(path=[str(images[name]) if name in images else None for name in frame["image_id"]])
         missing = frame[frame["path"].isna()]
         if len(missing) and self.config.on_bad_image == "error":
-            listed = "\n  ".join(f"line {r.csv_line}: {r.image_id}" for r in missing.head(10).itertuples())
-            raise NIHDataError(
-                f"{len(missing)} image(s) listed in {self.config.labels_csv} are not in {self.config.images_dir}:"
-                f"\n  {listed}\nFix the paths, or pass on_bad_image='skip' to leave them out (they are counted)."
-            )
+            raise missing_images_error(missing, self.config.labels_csv, self.config.images_dir)
         return frame[frame["path"].notna()].reset_index(drop=True)
 
     def _assign_splits(self, frame: pd.DataFrame) -> np.ndarray:
@@ -162,15 +171,23 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
         fractions = {"train": train, "validation": config.validation_fraction, "test": config.test_fraction}
         return patient_wise_split(frame["patient_id"].to_numpy(), labels, fractions, seed=config.split_seed)
 
-    def _generate_examples(self, records):
-        for record in records:
+    def _generate_examples(self, records, archives=None):
+        if archives is None:  # a folder: records is a list with each image's path
+            sources = ((record, record["path"]) for record in records)
+        else:  # archives (a shard of them per process): records maps image name -> record
+            sources = (
+                (records[name], MemberFile(data, f"{archive}:{name}"))
+                for archive in archives
+                for name, data in iter_archive(archive, records)
+            )
+        for record, source in sources:
             try:
-                image = load_xray(record["path"], self.config.image_size)
+                image = load_xray(source, self.config.image_size)
             except Exception as err:  # PIL raises many types for broken files
                 if self.config.on_bad_image == "skip":
                     continue
                 raise NIHDataError(
-                    f"cannot read image {record['path']} (line {record['csv_line']} of {self.config.labels_csv}): "
+                    f"cannot read image {source} (line {record['csv_line']} of {self.config.labels_csv}): "
                     f"{type(err).__name__}: {err}. Pass on_bad_image='skip' to leave such files out."
                 ) from err
             yield (
@@ -187,3 +204,12 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
                     "follow_up": record["follow_up"],
                 },
             )
+
+
+def missing_images_error(missing: pd.DataFrame, labels_csv, images_dir) -> NIHDataError:
+    """The error for CSV rows (``image_id``, ``csv_line``) whose image is not in ``images_dir``."""
+    listed = "\n  ".join(f"line {r.csv_line}: {r.image_id}" for r in missing.head(10).itertuples())
+    return NIHDataError(
+        f"{len(missing)} image(s) listed in {labels_csv} are not in {images_dir}:"
+        f"\n  {listed}\nFix the paths, or pass on_bad_image='skip' to leave them out (they are counted)."
+    )

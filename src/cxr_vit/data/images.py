@@ -34,6 +34,7 @@ any window but the first.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
@@ -83,13 +84,42 @@ class DicomReadError(XrayReadError):
     """A DICOM file this reader does not support (multi-frame, colour, no image, missing decoder, corrupt)."""
 
 
-def is_dicom(path: str | os.PathLike) -> bool:
+class MemberFile(io.BytesIO):
+    """The bytes of one file read out of an archive, accepted wherever a path is: the readers below decode it
+    from memory, and its ``name`` (``archive:member``) stands in for the path in messages and suffix checks."""
+
+    def __init__(self, data: bytes, name: str):
+        super().__init__(data)
+        self.name = name
+
+    def __str__(self) -> str:
+        return self.name
+
+
+XraySource = str | os.PathLike | MemberFile
+
+
+def _rewound(source: XraySource) -> XraySource:
+    if isinstance(source, MemberFile):
+        source.seek(0)
+    return source
+
+
+def _open_binary(source: XraySource):
+    return contextlib.nullcontext(_rewound(source)) if isinstance(source, MemberFile) else open(source, "rb")
+
+
+def _suffix(source: XraySource) -> str:
+    return Path(str(source)).suffix.lower()
+
+
+def is_dicom(path: XraySource) -> bool:
     """True if the file starts like a DICOM Part 10 file: a 128-byte preamble then ``DICM``.
 
     Content, not the name, decides: PACS exports are often named by UID (``1.2.840...``) or have no extension.
     """
     try:
-        with open(path, "rb") as file:
+        with _open_binary(path) as file:
             head = file.read(132)
     except OSError:
         return False
@@ -101,7 +131,7 @@ def is_xray_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in XRAY_SUFFIXES or is_dicom(path)
 
 
-def read_xray(path: str | os.PathLike) -> Image.Image:
+def read_xray(path: XraySource) -> Image.Image:
     """Fully decode one X-ray file to 8-bit grayscale (mode ``L``), DICOM recognised by content.
 
     Raises :class:`XrayReadError` (:class:`DicomReadError` for DICOM files) naming the file for anything that
@@ -109,13 +139,13 @@ def read_xray(path: str | os.PathLike) -> Image.Image:
     """
     if is_dicom(path):
         return read_dicom(path)
-    if Path(path).suffix.lower() in DICOM_SUFFIXES and Path(path).is_file():
+    if _suffix(path) in DICOM_SUFFIXES and (isinstance(path, MemberFile) or Path(path).is_file()):
         raise DicomReadError(
             f"{path}: named like a DICOM file but has no DICOM header ('DICM' at byte 128); only DICOM Part 10 "
             "files can be read: re-export it from the PACS or viewer as a standard DICOM file"
         )
     try:
-        with Image.open(path) as image:
+        with Image.open(_rewound(path)) as image:
             image.load()  # decode now, so a truncated file fails here, naming this path
             return to_grayscale_uint8(image, _declared_bits(image, path))
     except FileNotFoundError as err:
@@ -183,7 +213,7 @@ def _to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(values + 0.5, 0, 255).astype(np.uint8)  # round half up, as this module always has
 
 
-def _declared_bits(image: Image.Image, path: str | os.PathLike) -> int | None:
+def _declared_bits(image: Image.Image, path: XraySource) -> int | None:
     """Significant bits a high-bit-depth PNG (``sBIT``) or TIFF (BitsPerSample below 16) declares, else None."""
     if not image.mode.startswith("I;16"):
         return None
@@ -196,9 +226,9 @@ def _declared_bits(image: Image.Image, path: str | os.PathLike) -> int | None:
     return None
 
 
-def _png_significant_bits(path: str | os.PathLike) -> int | None:
+def _png_significant_bits(path: XraySource) -> int | None:
     """The grey channel's ``sBIT`` (Pillow does not read this chunk), or None if the PNG has none."""
-    with open(path, "rb") as file:
+    with _open_binary(path) as file:
         if file.read(8) != b"\x89PNG\r\n\x1a\n":
             return None
         for _ in range(1000):  # sBIT must come before IDAT; ancillary chunks before it are few
@@ -215,7 +245,7 @@ def _png_significant_bits(path: str | os.PathLike) -> int | None:
     return None
 
 
-def read_dicom(path: str | os.PathLike) -> Image.Image:
+def read_dicom(path: XraySource) -> Image.Image:
     """Decode a single-frame grayscale DICOM image to 8-bit grayscale (mode ``L``).
 
     In display order (DICOM PS3.3 C.11): Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then
@@ -224,7 +254,7 @@ def read_dicom(path: str | os.PathLike) -> Image.Image:
     Raises :class:`DicomReadError` naming the file and the problem.
     """
     try:
-        ds = pydicom.dcmread(path)
+        ds = pydicom.dcmread(_rewound(path))
     except FileNotFoundError as err:
         raise DicomReadError(f"{path}: no such file") from err
     except _DECODE_ERRORS as err:
@@ -370,7 +400,7 @@ def resize_shorter_side(image: Image.Image, size: int) -> Image.Image:
     return image.resize(new_size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
 
-def load_xray(path: str | os.PathLike, image_size: int | None = None) -> Image.Image:
+def load_xray(path: XraySource, image_size: int | None = None) -> Image.Image:
     """:func:`read_xray`, optionally shrunk so the shorter side is ``image_size``; raises XrayReadError."""
     gray = read_xray(path)
     return resize_shorter_side(gray, image_size) if image_size else gray

@@ -30,7 +30,7 @@ from huggingface_hub import DatasetCardData
 
 from ..cards import render_card
 from ..constants import LABELS, SPLITS
-from .builder import DEFAULT_SPLIT_SEED, NIHChestXray14
+from .builder import ARCHIVE_SPLIT, DEFAULT_SPLIT_SEED, NIHChestXray14, missing_images_error
 from .locking import exclusive
 from .nih import NIHDataError, index_images, read_labels_csv
 from .provenance import (
@@ -54,7 +54,12 @@ LOCK_FILE = ".cxr_vit_prepare.lock"  # beside the marker; never uploaded (push_d
 class PrepareArguments:
     """Arguments of ``scripts/prepare_data.py``."""
 
-    images_dir: str = field(metadata={"help": "Folder of NIH PNGs (flat, or images_*/images/ subfolders)."})
+    images_dir: str = field(
+        metadata={
+            "help": "Folder of NIH PNGs (flat, or images_*/images/ subfolders), or of the release's images_*.tar.gz "
+            "(read without extracting, one process per archive), or one such archive, or a quoted pattern of them."
+        }
+    )
     labels_csv: str = field(metadata={"help": "sample_labels.csv (Kaggle) or Data_Entry_2017*.csv (full)."})
     output_dir: str = field(metadata={"help": "Where to write the Parquet shards and README.md."})
     config: str = field(default="sample", metadata={"help": "Builder config.", "choices": ["sample", "full"]})
@@ -102,8 +107,9 @@ class PrepareReport:
     csv_rows: int
     split_rows: dict[str, int]
     skipped: list[str] = field(default_factory=list)
-    # Images in the folder that the CSV does not list: ignored (a subset CSV is normal), but counted.
-    num_unlisted: int = 0
+    # Images in the folder that the CSV does not list: ignored (a subset CSV is normal), but counted (None: read
+    # from archives, whose other members are passed over uncounted).
+    num_unlisted: int | None = 0
     # Labels with no positive image in some split: {label: {split: positives}}. Their AUC is undefined there.
     labels_without_positives: dict[str, dict[str, int]] = field(default_factory=dict)
     reused: bool = False
@@ -150,16 +156,53 @@ def build_dataset(
             cause = cause.__cause__
         raise (cause or err) from None
     dataset = builder.as_dataset()
+    from_archives = ARCHIVE_SPLIT in dataset
+    if from_archives:
+        dataset = select_archive_splits(
+            dataset[ARCHIVE_SPLIT], builder.assigned_splits, labels_csv, images_dir, on_bad_image
+        )
     listed = read_labels_csv(labels_csv)["image_id"]
     kept = {name for split in dataset.values() for name in split["image_id"]}
     report = PrepareReport(
         csv_rows=len(listed),
         split_rows={split: dataset[split].num_rows for split in SPLITS},
         skipped=sorted(set(listed) - kept),
-        num_unlisted=len(set(index_images(images_dir)) - set(listed)),
+        num_unlisted=None if from_archives else len(set(index_images(images_dir)) - set(listed)),
         labels_without_positives=labels_without_positives(positive_counts(dataset)),
     )
     return dataset, report
+
+
+def select_archive_splits(
+    whole: datasets.Dataset, assigned, labels_csv, images_dir, on_bad_image: str
+) -> datasets.DatasetDict:
+    """The splits of the images read from archives, each in CSV order: what a folder's preparation writes.
+
+    ``assigned``: the builder's ``image_id`` / ``split`` / ``csv_line`` frame. An image found in two archives, or
+    (with ``on_bad_image='error'``) a listed image found in none, is an error naming it.
+    """
+    position: dict[str, int] = {}
+    duplicates = []
+    for index, name in enumerate(whole["image_id"]):
+        if name in position:
+            duplicates.append(name)
+        position[name] = index
+    if duplicates:
+        raise NIHDataError(
+            f"{len(duplicates)} image(s) are in more than one archive of {images_dir}, e.g. {duplicates[0]}: keep "
+            "one copy of each archive"
+        )
+    found = assigned["image_id"].isin(position)
+    if on_bad_image == "error" and not found.all():
+        raise missing_images_error(assigned[~found], labels_csv, images_dir)
+    return datasets.DatasetDict(
+        {
+            split: whole.select(
+                [position[name] for name in assigned["image_id"][found & (assigned["split"] == split)]]
+            ).flatten_indices()
+            for split in SPLITS
+        }
+    )
 
 
 def positive_counts(splits) -> dict[str, np.ndarray]:

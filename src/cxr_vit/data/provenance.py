@@ -2,7 +2,8 @@
 
 ``prepare.json`` in the folder records the preparation's parameters (config, image size, split fractions, split
 seed, bad-image policy) and a fingerprint of its inputs: the SHA-256 of the label CSV and of the official split
-lists, and a digest of the image files used (each listed file's name and size in bytes). A folder is reused only
+lists, and a digest of the image files used (each listed file's name and size in bytes; for images read from the
+release's archives, each archive's name and size). A folder is reused only
 when all of it matches what would be prepared now.
 
 Paths are recorded for information but not compared: moving or copying the same files is not a change. Image
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .archives import archives_fingerprint, find_archives
 from .nih import index_images, read_labels_csv
 
 PREPARE_RECORD = "prepare.json"
@@ -42,7 +44,14 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def images_fingerprint(images_dir: str | os.PathLike, names: list[str]) -> dict[str, Any]:
-    """Count and digest (name and byte size of each file) of the listed images that exist under ``images_dir``."""
+    """Count and digest (name and byte size of each file) of the listed images that exist under ``images_dir``.
+
+    For images read from archives: the archives' names and sizes (:func:`archives_fingerprint`); listing their
+    members would mean decompressing 45 GB at every start.
+    """
+    archives = find_archives(images_dir)
+    if archives:
+        return archives_fingerprint(archives)
     index = index_images(images_dir)
     lines = [f"{name}\t{index[name].stat().st_size}" for name in sorted(names) if name in index]
     return {"count": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}

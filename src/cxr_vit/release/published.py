@@ -1,0 +1,53 @@
+"""Published 14-finding macro AUROCs on the official ChestX-ray14 test list, with their sources and how each
+picked its checkpoint, for the table ``reproduction.md`` puts beside ours.
+
+Only figures whose source could be named are here (the same ones docs/training.md cites). Per-label tables of
+these papers are not transcribed: they could not be checked against the papers where this was written, and a
+mistyped number beside ours would mislead more than a missing one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class PublishedResult:
+    model: str
+    macro_auroc: str  # as published (a range where paper versions differ)
+    source: str
+    selection: str  # how the reported checkpoint was chosen
+
+
+PUBLISHED: tuple[PublishedResult, ...] = (
+    PublishedResult(
+        "Wang et al. 2017, the ChestX-ray8 baseline",
+        "0.738-0.745",
+        "Wang et al., ChestX-ray8, CVPR 2017 (arXiv:1705.02315; paper versions differ)",
+        "not stated",
+    ),
+    PublishedResult(
+        "DenseNet-121 (ImageNet)",
+        "0.822",
+        "github.com/lambert-x/medical_mae README (Xiao et al., WACV 2023)",
+        "checkpoint chosen on the test set",
+    ),
+    PublishedResult(
+        "ViT-S/16 (ImageNet, DeiT)",
+        "0.796",
+        "github.com/lambert-x/medical_mae README (Xiao et al., WACV 2023)",
+        "checkpoint chosen on the test set",
+    ),
+    PublishedResult(
+        "ViT-B/16, MAE on 0.5M chest X-rays",
+        "0.830",
+        "github.com/lambert-x/medical_mae README (Xiao et al., WACV 2023)",
+        "checkpoint chosen on the test set",
+    ),
+    PublishedResult(
+        "EVA-X-B, masked-image pretraining on 520k X-rays",
+        "0.835",
+        "github.com/hustvl/EVA-X, classification README",
+        "checkpoint chosen on the test set",
+    ),
+)
