@@ -65,7 +65,7 @@ def test_cache_is_reused_and_rebuilt_when_stale(validation, tmp_path, caplog):
     assert "interpolation" in caplog.text and read_meta(directory)["interpolation"] == "bilinear"
     expected = np.stack([resize_for_model(validation[i]["image"], bilinear) for i in range(10)])
     np.testing.assert_array_equal(np.load(directory / "images.npy"), expected)
-    assert [path.name for path in tmp_path.iterdir()] == ["validation-71px"]  # no staging folder left
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["validation-71px", "validation-71px.lock"]  # no staging
 
 
 def test_geometry_and_cache_location(prepared_mini, tmp_path, monkeypatch):
