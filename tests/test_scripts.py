@@ -49,6 +49,19 @@ def test_prepare_data_script_reports_bad_rows(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def tensorboard_scalars(log_dir: Path) -> dict[str, float]:
+    """The last value of every scalar in the TensorBoard event files under ``log_dir``."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars = {}
+    for events in sorted(log_dir.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        scalars.update({tag: accumulator.Scalars(tag)[-1].value for tag in accumulator.Tags()["scalars"]})
+    assert scalars, f"no TensorBoard scalars under {log_dir}"
+    return scalars
+
+
 @pytest.mark.slow
 def test_accelerate_launch_train_quickstart(tmp_path):
     """The README's main command, shortened: prepares the bundled data, trains, evaluates, saves."""
@@ -85,7 +98,7 @@ def test_accelerate_launch_train_quickstart(tmp_path):
     train_logs = [(e["epoch"], "loss" in e) for e in state["log_history"] if "epoch_auc_macro" in e]
     assert train_logs == [(1.0, True), (2.0, True)]  # the train AUC beside the epoch's loss
     assert (out / "training_curves.png").stat().st_size > 10_000
-    assert list((out / "runs").rglob("events.out.tfevents.*")), "TensorBoard logs"
+    assert tensorboard_scalars(out / "runs")["test/auc_macro"] == pytest.approx(test_results["test_auc_macro"])
     assert (out / "model.safetensors").exists() and not (out / "pytorch_model.bin").exists()
     model = AutoModelForImageClassification.from_pretrained(out)
     assert model.config.problem_type == "multi_label_classification"

@@ -1,3 +1,5 @@
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -26,6 +28,14 @@ def test_yaml_config_with_flags_overriding(tmp_path):
     assert training_args.metric_for_best_model == "auc_macro"
     assert training_args.load_best_model_at_end and training_args.lr_scheduler_type == "cosine"
     assert training_args.bf16 is False  # no GPU here
+
+
+def test_run_name_defaults_to_the_output_folder_and_start_time(tmp_path):
+    """The loggers' run name: the final evaluations rejoin the training run by it (trackio resumes by name)."""
+    _, _, args = parse_args(["--output_dir", str(tmp_path / "quick")])
+    assert re.fullmatch(r"quick-\d{8}-\d{6}", args.run_name) and args.project == "cxr-vit"
+    _, _, args = parse_args(["--output_dir", str(tmp_path / "quick"), "--run_name", "mine", "--project", "p"])
+    assert (args.run_name, args.project) == ("mine", "p")
 
 
 def test_unknown_yaml_key_is_an_error(tmp_path):

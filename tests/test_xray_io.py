@@ -84,6 +84,33 @@ def test_dicom_decodes_to_the_8bit_original(tmp_path, variant):
     assert max_difference(read_xray(path)) <= 1
 
 
+@pytest.mark.parametrize("bits_stored", [14, 15, 16])
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+def test_12bit_data_declared_wider_without_a_window_uses_the_pixels_range(tmp_path, bits_stored, photometric):
+    """12-bit values stored as Bits Stored 14-16 with a rescale intercept and no window: windowed from the pixels.
+
+    The declared range (0..65535 for 16) would leave the film nearly black; the pixels' own range (the original's
+    0..246, no outliers) maps it back, stretched by 255/246: within 9 grey levels (0.035) of the 8-bit PNG.
+    """
+    stored = G12 if photometric == "MONOCHROME2" else 4095 - G12
+    path = write_dicom(tmp_path / "wide.dcm", stored, bits_stored=bits_stored, photometric=photometric, slope=1,
+                       intercept=-1024)  # fmt: skip
+    decoded = np.asarray(read_xray(path), dtype=np.int64)
+    stretched = np.floor(ORIGINAL * (255 / ORIGINAL.max()) + 0.5)
+    assert np.abs(decoded - stretched).max() <= 1
+    assert np.abs(decoded - ORIGINAL).mean() / 255 < 0.03
+
+
+def test_outliers_in_a_dicom_without_a_window_get_the_png_percentile_window(tmp_path):
+    """A burned-in marker at full scale in 12-bit data stored as 16 bits: windowed like the same 16-bit PNG."""
+    hot = G12.copy()
+    hot[:4, :4] = 65535
+    dicom = read_xray(write_dicom(tmp_path / "hot.dcm", hot, bits_stored=16, slope=1, intercept=-1024))
+    png = read_xray(write_png16(tmp_path / "hot.png", hot))
+    assert np.abs(np.asarray(dicom, dtype=np.int64) - np.asarray(png, dtype=np.int64)).max() <= 1
+    assert np.abs(np.asarray(dicom, dtype=np.float64) - ORIGINAL)[4:, 4:].mean() < 15  # not black
+
+
 @pytest.mark.parametrize(
     ("transfer_syntax", "pixels", "bits"),
     [(uid.JPEGBaseline8Bit, ORIGINAL.astype(np.uint8), 8), (uid.JPEG2000, G12, 12)],

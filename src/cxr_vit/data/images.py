@@ -14,13 +14,14 @@ JPEG (RGB)
                                                 replication, as Pillow/libpng/ImageMagick do): ``value / 257``;
                                                 every value within 0..255: taken as is; otherwise the percentile
                                                 window ``PERCENTILE_WINDOW`` (0.5th..99.5th) stretched to 0..255
-DICOM Part 10 (``DICM`` at byte 128; named      one frame, MONOCHROME1/2, Bits Stored 8 or 12, unsigned or
+DICOM Part 10 (``DICM`` at byte 128; named      one frame, MONOCHROME1/2, Bits Stored 8 to 16, unsigned or
 ``.dcm``, ``.dicom``, by UID or without         signed; Modality LUT (Rescale Slope/Intercept or Modality LUT
 extension), DX or CR; transfer syntaxes         Sequence), then VOI LUT Sequence, else the first Window
 Explicit/Implicit VR Little Endian, Explicit    Center/Width (LINEAR, LINEAR_EXACT, SIGMOID), else the range Bits
-VR Big Endian, Deflated, RLE Lossless           Stored declares (through the rescale); then MONOCHROME1 inversion
-(pydicom), JPEG Baseline and JPEG 2000
-lossless/lossy (Pillow)
+VR Big Endian, Deflated, RLE Lossless           Stored declares (through the rescale) if the central 99% of the
+(pydicom), JPEG Baseline and JPEG 2000          pixels fill half of it, else the pixels' own range (the percentile
+lossless/lossy (Pillow)                         window if outliers stretch it over twice); then MONOCHROME1
+                                                inversion
 ==============================================  =================================================================
 
 Rejected with :class:`XrayReadError`, naming the file and what is wrong: missing, empty, truncated or non-image
@@ -55,6 +56,11 @@ XRAY_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bm
 # Without a declared bit depth, high-bit-depth pixels are windowed to these percentiles: robust to the few
 # burned-in labels and dead pixels that would set a min..max window, and they cut at most 1% of the pixels.
 PERCENTILE_WINDOW: tuple[float, float] = (0.5, 99.5)
+# A DICOM without a VOI window is shown over a range only when its central pixels fill at least this share of it.
+_FILLED = 0.5
+# That choice is made on a grid of about this many pixels (every k-th row and column): exact percentiles of a
+# whole detector image (7.5 MP) take longer than decoding it, and a sample this size decides a factor of 2 alike.
+_DECIDING_PIXELS = 2**20
 
 _HIGH_DEPTH_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 # Errors Pillow and pydicom raise for files that are not what they claim: every one becomes an XrayReadError.
@@ -250,7 +256,8 @@ def read_dicom(path: XraySource) -> Image.Image:
 
     In display order (DICOM PS3.3 C.11): Modality LUT (Rescale Slope/Intercept or Modality LUT Sequence), then
     VOI LUT Sequence, else Window Center/Width (first pair), else the full range that Bits Stored declares
-    (through the rescale), so intensities keep the meaning the detector gave them; then MONOCHROME1 inversion.
+    (through the rescale), so intensities keep the meaning the detector gave them, unless the pixels leave most of
+    that range empty (see :func:`_window_without_voi`); then MONOCHROME1 inversion.
     Raises :class:`DicomReadError` naming the file and the problem.
     """
     try:
@@ -348,10 +355,32 @@ def _display_values(ds: pydicom.Dataset, stored: np.ndarray) -> np.ndarray:
     if voi_lut and "LUTDescriptor" in voi_lut[0] and "LUTData" in voi_lut[0]:
         indices = np.rint(values).astype(np.int64)  # the LUT is indexed by (integral) modality values
         return apply_voi(indices, ds).astype(np.float64) / _lut_top(voi_lut[0], lambda index: apply_voi(index, ds))
+    values = np.asarray(values, dtype=np.float64)
     window = _window(ds)
     if window is not None:
-        return _apply_window(np.asarray(values, dtype=np.float64), *window)
-    return np.clip((np.asarray(values, dtype=np.float64) - low) / max(high - low, 1e-12), 0.0, 1.0)
+        return _apply_window(values, *window)
+    low, high = _window_without_voi(values, low, high)
+    return np.clip((values - low) / max(high - low, 1e-12), 0.0, 1.0)
+
+
+def _window_without_voi(values: np.ndarray, low: float, high: float) -> tuple[float, float]:
+    """The (low, high) to show when the file has neither a VOI LUT nor a window, in Modality LUT units.
+
+    The range Bits Stored declares (``low``..``high``, through the Modality LUT) when the central 99% of the pixels
+    (the ``PERCENTILE_WINDOW``) fill at least half of it. Otherwise the declaration is not the data's (12-bit
+    values stored as Bits Stored 16 are common, and windowing them to 0..65535 gives a black film): the pixels'
+    own range, or, when outliers (a burned-in marker, dead pixels) stretch it past twice the percentile window,
+    that window, as for a 16-bit PNG without a declared depth.
+    """
+    step = max(1, int(np.sqrt(values.size / _DECIDING_PIXELS)))
+    lower, upper = np.percentile(values[::step, ::step], PERCENTILE_WINDOW)
+    if upper - lower >= _FILLED * (high - low):
+        return low, high
+    smallest, largest = float(values.min()), float(values.max())
+    if largest - smallest > (upper - lower) / _FILLED:
+        lower, upper = np.percentile(values, PERCENTILE_WINDOW)  # the window itself: exact, as for a PNG
+        return float(lower), float(upper)
+    return smallest, largest
 
 
 def _lut_top(item: pydicom.Dataset, lut: Callable[[np.ndarray], np.ndarray]) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -129,6 +130,9 @@ class CXRTrainingArguments(TrainingArguments):
         bf16: ``None`` = on exactly when the GPU supports it natively (Ampere or newer).
         remove_unused_columns: ``False`` (the image column is consumed by ``with_transform``).
         report_to: ``["tensorboard"]``; save_total_limit ``2``.
+        run_name: ``None`` = the output folder's name and the start time (``quickstart-20261204-153134``): the
+            final evaluations, logged after training ends, rejoin the training run by this name (trackio
+            resumes a run by name; without one they would start a second run). project: ``"cxr-vit"``.
         optim: ``"adamw_torch_fused"`` (one kernel per step for all parameters).
         dataloader_num_workers: ``None`` = 0 on a CPU (the model needs the cores); on a GPU up to 4 for the
             cache pipeline (its workers only copy uint8 batches out of a memory map), all but one of this
@@ -200,8 +204,14 @@ class CXRTrainingArguments(TrainingArguments):
     bf16: bool | None = field(default=None, metadata={"help": "bf16 autocast; default: when the GPU supports it."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep the image column for transforms."})
     report_to: None | str | list[str] = field(
-        default="tensorboard", metadata={"help": "Loggers: tensorboard, none, ..."}
+        default="tensorboard",
+        metadata={"help": "Loggers: tensorboard, trackio (pip install -e '.[tracking]'), wandb, none, ..."},
     )
+    run_name: str | None = field(
+        default=None,
+        metadata={"help": "Run name in the loggers (trackio, wandb); default: the output folder's name and the time."},
+    )
+    project: str = field(default="cxr-vit", metadata={"help": "Trackio project the run is logged to."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept (best is never removed)."})
     optim: str = field(default="adamw_torch_fused", metadata={"help": "Optimizer (transformers' OptimizerNames)."})
     dataloader_num_workers: int | None = field(
@@ -303,6 +313,8 @@ class CXRTrainingArguments(TrainingArguments):
             raise ValueError(f"--layer_decay must be in (0, 1] (e.g. 0.65), got {self.layer_decay}")
         if self.throughput_skip_steps < 1:
             raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
+        if self.run_name is None:
+            self.run_name = f"{Path(os.path.abspath(self.output_dir)).name}-{time.strftime('%Y%m%d-%H%M%S')}"
         scale_learning_rate = self.learning_rate is None
         if scale_learning_rate:
             self.learning_rate = self.lr_base  # a placeholder until the devices (and so the global batch) are known
