@@ -15,7 +15,7 @@ import torch
 import yaml
 from conftest import REPO, TEST_DATA
 from huggingface_hub import DatasetCard, HfApi, ModelCard
-from inference_helpers import TINY_ARCH, TINY_SIZE, load_script, save_tiny_model
+from inference_helpers import TINY_ARCH, TINY_SIZE, load_script
 
 from cxr_vit.cards import render_model_card
 from cxr_vit.constants import LABELS
@@ -38,6 +38,14 @@ def write_run_args(model_dir: Path, *flags: str) -> None:
     save_run_args(model_dir / "run_args.yaml", *parse_args(["--output_dir", str(model_dir), *flags]))
 
 
+def one_block_model(folder: Path, **kwargs) -> Path:
+    """A random-init one-block ViT-Tiny saved as train.py saves models: the cards need its files, not its depth."""
+    save_model(
+        create_model(TINY_ARCH, pretrained=False, image_size=TINY_SIZE, model_kwargs={"depth": 1}, **kwargs), folder
+    )
+    return folder
+
+
 def stored_blobs(storage: Path) -> dict[str, bytes]:
     """Every file version the loopback Hub holds (its ``objects/<sha256>``), by repo and object name."""
     return {str(path.relative_to(storage)): path.read_bytes() for path in storage.rglob("objects/*")}
@@ -47,7 +55,7 @@ def stored_blobs(storage: Path) -> dict[str, bytes]:
 
 
 def test_a_local_dataset_is_described_by_seed_and_counts_not_by_its_path(prepared_mini, tmp_path):
-    model = save_tiny_model(tmp_path / "model")
+    model = one_block_model(tmp_path / "model")
     write_run_args(model, "--dataset_name", str(prepared_mini))
     record = read_record(prepared_mini)
     card = render_model_card(model)
@@ -68,7 +76,7 @@ def test_a_local_dataset_is_described_by_seed_and_counts_not_by_its_path(prepare
 
 
 def test_a_checkpoint_from_the_hub_cache_is_the_base_model(tmp_path):
-    state = create_model(TINY_ARCH, pretrained=False, image_size=TINY_SIZE).timm_model.state_dict()
+    state = create_model(TINY_ARCH, False, image_size=TINY_SIZE, model_kwargs={"depth": 1}).timm_model.state_dict()
     snapshot = tmp_path / "hub" / "models--someone--cxr-mae" / "snapshots" / "0123abcd"
     for folder, expected in [(snapshot, "someone/cxr-mae"), (tmp_path / "downloads", None)]:
         folder.mkdir(parents=True)
@@ -76,9 +84,7 @@ def test_a_checkpoint_from_the_hub_cache_is_the_base_model(tmp_path):
         assert hub_id_of_cached_file(folder / "mae.pth") == expected
         model_dir = tmp_path / f"model-{folder.name}"
         weights = str(folder / "mae.pth")
-        save_model(
-            create_model(TINY_ARCH, pretrained=False, image_size=TINY_SIZE, pretrained_weights=weights), model_dir
-        )
+        one_block_model(model_dir, pretrained_weights=weights)
         write_run_args(model_dir, "--model_name", TINY_ARCH, "--pretrained_weights", weights)
         card = render_model_card(model_dir, repo_id="you/cxr")
         assert card_metadata(card).get("base_model") == expected

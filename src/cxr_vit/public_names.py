@@ -18,8 +18,6 @@ from pathlib import Path
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .data.provenance import read_record
-
 __all__ = [
     "LOCAL_DATASET",
     "DatasetReference",
@@ -83,6 +81,8 @@ def dataset_reference(
     and counts; ``split_seed`` and ``splits`` are what is known otherwise (e.g. a folder that has gone since the
     run). ``prepared_locally``: the run made the folder itself, so a name that no longer exists is still no Hub id.
     """
+    from .data.provenance import read_record  # here: cxr_vit.data's package imports the cards, which import us
+
     if hub_id:
         return DatasetReference(hub_id=hub_id)
     if dataset_name and Path(dataset_name).is_dir():
