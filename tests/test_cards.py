@@ -46,9 +46,16 @@ def one_block_model(folder: Path, **kwargs) -> Path:
     return folder
 
 
-def stored_blobs(storage: Path) -> dict[str, bytes]:
-    """Every file version the loopback Hub holds (its ``objects/<sha256>``), by repo and object name."""
-    return {str(path.relative_to(storage)): path.read_bytes() for path in storage.rglob("objects/*")}
+def stored_files(storage: Path) -> dict[str, bytes]:
+    """Every version of every file the loopback Hub holds, as ``<repo dir>:<path in repo>@<commit>`` -> bytes."""
+    stored = {}
+    for record in storage.rglob("repo.json"):
+        for commit, content in json.loads(record.read_text())["commits"].items():
+            for name, entry in content["files"].items():
+                stored[f"{record.parent.relative_to(storage)}:{name}@{commit[:8]}"] = (
+                    record.parent / "objects" / entry["sha256"]
+                ).read_bytes()
+    return stored
 
 
 # ---- how the data and the checkpoint are named ------------------------------------------------------------------
@@ -134,9 +141,9 @@ def test_nothing_published_names_the_folder_the_run_was_made_in(hub, prepared_mi
     needles = {str(path) for path in local} | {tmp_path.name, tmp_path.parent.name, prepared_mini.parent.name}
     needles |= {work.name, prepared.name, tmp_path.parent.parent.name}  # ... and pytest-of-<user>
     assert str(work).encode() in (run / "run_args.yaml").read_bytes()  # where local paths may stay
-    blobs = stored_blobs(hub.storage_dir)
-    assert len(blobs) >= 20
-    leaks = [(name, needle) for name, content in blobs.items() for needle in needles if needle.encode() in content]
+    stored = stored_files(hub.storage_dir)
+    assert len(stored) >= 20 and any(".parquet@" in name for name in stored)
+    leaks = [(name, needle) for name, content in stored.items() for needle in needles if needle.encode() in content]
     assert not leaks
 
     # the model card as the Hub reads it: metadata and eval_results from test_results.json
