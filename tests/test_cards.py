@@ -29,8 +29,9 @@ from cxr_vit.training import parse_args, save_run_args
 SCRIPTS = REPO / "scripts"
 
 
-def card_metadata(card) -> dict:
-    return yaml.safe_load(str(card).split("---")[1])
+def card_metadata(card: ModelCard) -> dict:
+    """The card's YAML header as the Hub's parser reads it from the text."""
+    return ModelCard(str(card)).data.to_dict()
 
 
 def write_run_args(model_dir: Path, *flags: str) -> None:
