@@ -27,11 +27,18 @@ from pathlib import Path
 
 from cxr_vit import Classifier, NIHDataError, load_chestxray14, load_model, save_model
 from cxr_vit.cards import write_model_card
-from cxr_vit.cli import add_dataset_arguments, add_model_arguments, add_runtime_arguments, check_runtime_arguments
+from cxr_vit.cli import (
+    add_dataset_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    check_runtime_arguments,
+    public_dataset,
+)
 from cxr_vit.constants import LABELS, TRAINING_CURVES_NAME
 from cxr_vit.data import select_splits
 from cxr_vit.evaluation.calibration import BIAS_CHOICES, calibrate_model, fit_calibration, logits_from_probabilities
 from cxr_vit.prediction import ModelLoadError
+from cxr_vit.public_names import model_reference
 
 # What the training run left beside the weights that still describes the calibrated model (AUCs do not change).
 RECORD_FILES = (
@@ -77,7 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     classifier = Classifier(model, device=args.device, precision=args.precision)
     probabilities, targets = classifier.predict_dataset(split, args.batch_size, args.num_workers, args.split)
     scaling = fit_calibration(logits_from_probabilities(probabilities), targets, bias=args.bias)
-    fitted_on = {"model": args.model, "dataset": args.dataset_name, "split": args.split, "images": len(targets)}
+    # recorded in the calibrated config.json, which is published: names, not local paths
+    fitted_on = {"model": model_reference(args.model), "dataset": public_dataset(args, dataset).name}
+    fitted_on.update(split=args.split, images=len(targets))
     try:
         calibrated = calibrate_model(model, scaling, fitted_on)
     except ValueError as err:

@@ -27,7 +27,13 @@ import sys
 from pathlib import Path
 
 from cxr_vit import NIHDataError, load_chestxray14, load_model
-from cxr_vit.cli import add_dataset_arguments, add_model_arguments, add_runtime_arguments, check_runtime_arguments
+from cxr_vit.cli import (
+    add_dataset_arguments,
+    add_model_arguments,
+    add_runtime_arguments,
+    check_runtime_arguments,
+    public_dataset,
+)
 from cxr_vit.data import select_splits
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
@@ -42,6 +48,7 @@ from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, resolve_ex
 from cxr_vit.evaluation.localization import read_bbox_csv
 from cxr_vit.markdown import format_ci
 from cxr_vit.prediction import ModelLoadError
+from cxr_vit.public_names import model_reference
 
 
 def section_summary(report: dict, split: str) -> list[str]:
@@ -154,25 +161,27 @@ def main(argv: list[str] | None = None) -> int:
         precision=args.precision,
         boxes=boxes,
         explainer=args.explainer,
-        bbox_csv=args.bbox_csv,
+        bbox_csv=Path(args.bbox_csv).name if args.bbox_csv else "?",
         tta=args.tta,
         ensemble=ensemble,
     )
+    # report.json/.md, thresholds.json and config.json may be published: names, never local paths
+    data = public_dataset(args, dataset)
     evaluation.report.update(
-        model=args.model,
-        models=names,
-        dataset=args.dataset_name,
+        model=model_reference(args.model),
+        models=[model_reference(name) for name in names],
+        dataset=data.name,
+        dataset_reference=data.to_dict(),
         split=args.split,
         validation_split=args.validation_split,
     )
 
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    info = {"rule": THRESHOLD_RULE, "dataset": args.dataset_name, "split": args.validation_split, "model": args.model}
-    info.update(models=names, tta=args.tta)  # predict.py checks that it averages the same way
-    evaluation.report["thresholds_file"] = str(
-        write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info)
-    )
+    info = {"rule": THRESHOLD_RULE, "dataset": data.name, "split": args.validation_split}
+    info.update(model=evaluation.report["model"], models=evaluation.report["models"], tta=args.tta)
+    thresholds_file = write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info)
+    evaluation.report["thresholds_file"] = THRESHOLDS_FILE  # beside the report
     if args.save_thresholds:
         entries = threshold_config_entries(evaluation.thresholds, info)
         saved = None
@@ -190,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"  hf upload {args.model} {saved} config.json",
                 file=sys.stderr,
             )
-        evaluation.report["thresholds_saved_to"] = str(saved)
+        print(f"thresholds stored in {saved}")
+        in_model = saved.parent.resolve() != output_dir.resolve()
+        evaluation.report["thresholds_saved_to"] = f"{model_reference(args.model)}/" * in_model + "config.json"
 
     paths = write_report(evaluation, output_dir)
     macro = evaluation.report["auc_macro"]
@@ -200,11 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for line in section_summary(evaluation.report, args.split):
         print(line)
-    print("wrote " + ", ".join(str(path) for path in [*paths.values(), evaluation.report["thresholds_file"]]))
-    if args.save_thresholds:
-        print(f"thresholds stored in {evaluation.report['thresholds_saved_to']}")
-    else:
-        thresholds_file = evaluation.report["thresholds_file"]
+    print("wrote " + ", ".join(str(path) for path in [*paths.values(), thresholds_file]))
+    if not args.save_thresholds:
         print(f"model folder left untouched; use the thresholds with predict.py --thresholds {thresholds_file}")
     return 0
 

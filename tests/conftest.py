@@ -58,6 +58,16 @@ def small_nih(tmp_path) -> tuple[Path, Path]:
     return images, csv
 
 
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The loopback Hub (tests/hub_server.py), with this process's Hugging Face clients pointed at it."""
+    from hub_server import HubServer, point_hf_clients_at
+
+    with HubServer(tmp_path / "hub-storage") as server:
+        point_hf_clients_at(server.endpoint, monkeypatch, token=server.token, cache_dir=tmp_path / "hf-home")
+        yield server
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
     """A tiny random-init model saved as train.py saves one, with thresholds that make only Effusion positive."""

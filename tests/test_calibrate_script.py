@@ -20,6 +20,7 @@ from cxr_vit.evaluation.calibration import CALIBRATION_KEY, calibration_report, 
 from cxr_vit.hub import push_model
 from cxr_vit.inference import Classifier
 from cxr_vit.prediction import load_model
+from cxr_vit.public_names import dataset_reference
 
 calibrate_script = load_script(REPO / "scripts" / "calibrate.py")
 evaluate_script = load_script(REPO / "scripts" / "evaluate.py")
@@ -55,9 +56,9 @@ def test_config_and_card_record_the_temperatures_and_where_they_were_fitted(cali
     original, _, output, temperature, bias = calibrated
     config = json.loads((output / "config.json").read_text())
     record = config[CALIBRATION_KEY]
-    assert record["fitted_on"] == {
-        "model": str(original),
-        "dataset": str(prepared_mini),
+    assert record["fitted_on"] == {  # names, not local paths: config.json is published
+        "model": original.name,
+        "dataset": dataset_reference(str(prepared_mini)).name,
         "split": "validation",
         "images": datasets.load_dataset(str(prepared_mini), split="validation").num_rows,
     }

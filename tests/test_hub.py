@@ -13,20 +13,12 @@ import timm
 import torch
 import yaml
 from conftest import MINI_IMAGES, MINI_KAGGLE_CSV, REPO, TEST_DATA
-from hub_server import HubServer, point_hf_clients_at
 from PIL import Image
 from transformers import AutoModelForImageClassification, pipeline
 
 from cxr_vit.constants import LABELS
 from cxr_vit.hub import HubAccessError, check_push_access, push_model
 from cxr_vit.modeling import create_model, save_model
-
-
-@pytest.fixture
-def hub(tmp_path, monkeypatch):
-    with HubServer(tmp_path / "hub-storage") as server:
-        point_hf_clients_at(server.endpoint, monkeypatch, token=server.token, cache_dir=tmp_path / "hf-home")
-        yield server
 
 
 def hub_env(hub, tmp_path, token=None, endpoint=None) -> dict:

@@ -12,6 +12,9 @@ the training run's results files and ``run_args.yaml``, and, when there is one, 
 report is used only if it describes the weights in the folder (its ``model_fingerprint``,
 :func:`cxr_vit.evaluation.weights_fingerprint`): a stale one at the default place is skipped with a warning, a
 given one that does not match is an error.
+
+Cards name the training data by its Hub id, or describe it (split seed, images per split), never by a local path
+(:mod:`cxr_vit.public_names`); ``model-index`` is named after the repo id when pushing.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import yaml
 from huggingface_hub import CardData, DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
 from .constants import FINDINGS, LABELS, NO_FINDING, TRAINING_CURVES_NAME
+from .public_names import DatasetReference, dataset_reference, hub_id_of_cached_file
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +109,19 @@ def find_report(model_dir: str | os.PathLike, report: str | os.PathLike | None =
     return content, path
 
 
+def read_run_args(model_dir: str | os.PathLike) -> dict:
+    """The training run's resolved arguments (``run_args.yaml``, by dataclass name), or {} without one."""
+    path = Path(model_dir) / "run_args.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else {}
+
+
+def run_arg_paths(run_args: dict) -> list[str]:
+    """Every argument value of the run that looks like a path (holds a separator): what a card must not name."""
+    return [
+        value for section in run_args.values() for value in section.values() if isinstance(value, str) and "/" in value
+    ]
+
+
 def card_evaluation(report: dict) -> dict:
     """What the model card shows of a report: the headline, a calibration line, a short subgroup table."""
     from .evaluation.subgroups import ATTRIBUTE_TITLES, macro_cell, underdiagnosis_cell
@@ -175,30 +192,50 @@ def card_calibration(config: dict) -> dict | None:
 
 
 def render_model_card(
-    model_dir: str | os.PathLike, repo_id: str | None = None, report: str | os.PathLike | None = None
+    model_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    report: str | os.PathLike | None = None,
+    dataset_repo: str | None = None,
 ) -> ModelCard:
-    """The model card of a model folder; every number comes from its files (module docstring)."""
+    """The model card of a model folder; every number comes from its files (module docstring).
+
+    ``dataset_repo``: the Hub id of the training data when the run does not record it (see
+    :func:`cxr_vit.public_names.dataset_reference`); the card never names a local path.
+    """
     found = find_report(model_dir, report)
-    return model_card_with_report(model_dir, repo_id, found[0] if found else None)
+    return model_card_with_report(model_dir, repo_id, found[0] if found else None, dataset_repo)
 
 
-def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, report: dict | None) -> ModelCard:
+def training_data_reference(run_args: dict, results: dict, dataset_repo: str | None = None) -> DatasetReference:
+    """The training data as the card names it: the run's dataset (``run_args.yaml``) by Hub id or description."""
+    data_args = run_args.get("DataArguments", {})
+    counts = {"train": "train_samples", "validation": "eval_samples", "test": "test_samples"}
+    used = {split: int(results[key]) for split, key in counts.items() if results.get(key) is not None}
+    return dataset_reference(
+        data_args.get("dataset_name"),
+        hub_id=dataset_repo,
+        split_seed=data_args.get("split_seed"),
+        splits=used or None,
+        prepared_locally=bool(data_args.get("images_dir")),  # train.py prepared it: a local folder, even if gone
+    )
+
+
+def model_card_with_report(
+    model_dir: str | os.PathLike, repo_id: str | None, report: dict | None, dataset_repo: str | None = None
+) -> ModelCard:
     """:func:`render_model_card` with the evaluation report already found (:func:`find_report`), or None."""
     model_dir = Path(model_dir)
     config = _read_json(model_dir / "config.json")
     results = {**_read_json(model_dir / "all_results.json"), **_read_json(model_dir / "test_results.json")}
-    run_args = (
-        yaml.safe_load((model_dir / "run_args.yaml").read_text()) if (model_dir / "run_args.yaml").is_file() else {}
-    )
+    run_args = read_run_args(model_dir)
     model_args = run_args.get("ModelArguments", {})
-    data_args = run_args.get("DataArguments", {})
     training_args = run_args.get("CXRTrainingArguments", {})
     pretrained_cfg = config.get("pretrained_cfg", {})
     checkpoint = (config.get("cxr_vit_initialization") or {}).get("checkpoint")  # --pretrained_weights
+    checkpoint_repo = hub_id_of_cached_file(model_args.get("pretrained_weights")) if checkpoint else None
     pretrained = bool(model_args.get("pretrained", False)) and not checkpoint
-    base_model = pretrained_cfg.get("hf_hub_id") if pretrained else None
-    dataset = data_args.get("dataset_name")
-    hub_dataset = dataset if dataset and not Path(dataset).exists() and "/" in dataset else None
+    base_model = checkpoint_repo or (pretrained_cfg.get("hf_hub_id") if pretrained else None)
+    dataset = training_data_reference(run_args, results, dataset_repo)
     name = repo_id or model_dir.name
 
     def metric(key: str) -> float | None:
@@ -211,8 +248,8 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
     eval_results = [
         EvalResult(
             task_type="image-classification",
-            dataset_type=hub_dataset or "nih-chestxray14",
-            dataset_name=hub_dataset or f"NIH ChestX-ray14 ({dataset})",
+            dataset_type=dataset.hub_id or "nih-chestxray14",
+            dataset_name=dataset.name,
             dataset_split="test",
             metric_type="roc_auc",
             metric_name=metric_name,
@@ -227,7 +264,7 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
         pipeline_tag="image-classification",
         license=pretrained_cfg.get("license", "apache-2.0"),
         base_model=base_model,
-        datasets=[hub_dataset] if hub_dataset else None,
+        datasets=[dataset.hub_id] if dataset.hub_id else None,
         tags=["image-classification", "timm", "medical", "chest-x-ray", "multi-label-classification", "cxr-vit"],
         eval_results=eval_results or None,
     )
@@ -256,6 +293,7 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
         base_model=base_model,
         pretrained=pretrained,
         checkpoint=checkpoint,
+        checkpoint_repo=checkpoint_repo,
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,
         per_label=per_label,
@@ -276,9 +314,12 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
 
 
 def write_model_card(
-    model_dir: str | os.PathLike, repo_id: str | None = None, report: str | os.PathLike | None = None
+    model_dir: str | os.PathLike,
+    repo_id: str | None = None,
+    report: str | os.PathLike | None = None,
+    dataset_repo: str | None = None,
 ) -> Path:
     """Render :func:`render_model_card` into ``model_dir/README.md``."""
     path = Path(model_dir) / "README.md"
-    render_model_card(model_dir, repo_id, report).save(path)
+    render_model_card(model_dir, repo_id, report, dataset_repo).save(path)
     return path

@@ -7,6 +7,7 @@ import argparse
 from .data import DEFAULT_SPLIT_SEED
 from .data.gpu_augment import EVAL_VIEWS
 from .inference import PRECISIONS
+from .public_names import DatasetReference, dataset_reference
 
 
 def add_model_arguments(
@@ -36,7 +37,7 @@ def add_model_arguments(
 
 
 def add_dataset_arguments(parser: argparse.ArgumentParser, split: str, split_help: str) -> None:
-    """``--dataset_name``, ``--dataset_config_name``, ``--split`` and ``--split_seed``."""
+    """``--dataset_name``, ``--dataset_config_name``, ``--split``, ``--split_seed`` and ``--dataset_repo``."""
     parser.add_argument("--dataset_name", required=True, help="A prepared dataset folder or Hub id.")
     parser.add_argument("--dataset_config_name", default=None)
     parser.add_argument("--split", default=split, help=split_help)
@@ -46,6 +47,18 @@ def add_dataset_arguments(parser: argparse.ArgumentParser, split: str, split_hel
         default=DEFAULT_SPLIT_SEED,
         help="For a dataset without validation/test splits: the seed they are carved with (as in train.py).",
     )
+    parser.add_argument(
+        "--dataset_repo",
+        default=None,
+        help="Hub id of --dataset_name, to name the data by in what is written (default: the one the prepared "
+        "folder records when it was pushed; else it is described, never named by its local path).",
+    )
+
+
+def public_dataset(args: argparse.Namespace, dataset) -> DatasetReference:
+    """How written files name ``--dataset_name`` (:mod:`cxr_vit.public_names`); ``dataset``: what it loaded."""
+    splits = {name: len(part) for name, part in dataset.items()}
+    return dataset_reference(args.dataset_name, args.dataset_repo, args.split_seed, splits)
 
 
 def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int, workers: str) -> None:

@@ -1,29 +1,34 @@
 """Publishing to the Hugging Face Hub: access checks up front, model and dataset pushes with real cards.
 
 Model repos get ``model.safetensors`` (timm-named weights), ``config.json`` (also the image-processor
-config), ``training_curves.png``, the results files, the evaluation report when there is one (``evaluation/``:
-report.json, report.md, its figures, thresholds.json) and a ``README.md`` rendered by
-:func:`cxr_vit.cards.render_model_card`; they open with ``AutoModelForImageClassification``,
-``pipeline("image-classification")`` and ``timm.create_model("hf-hub:<id>", pretrained=True)``. Dataset repos get
-the folder written by ``scripts/prepare_data.py`` as is (the ``push_to_hub`` layout), so ``load_dataset(<id>)``
-works, streaming too. Cards are rendered in :mod:`cxr_vit.cards`; this module only talks to the Hub.
+config), ``training_curves.png``, the results files (``run_args.yaml``, which holds local paths, only when asked),
+the evaluation report when there is one (``evaluation/``: report.json, report.md, its figures, thresholds.json) and
+a ``README.md`` rendered by :func:`cxr_vit.cards.render_model_card`; they open with
+``AutoModelForImageClassification``, ``pipeline("image-classification")`` and
+``timm.create_model("hf-hub:<id>", pretrained=True)``. Dataset repos get the folder written by
+``scripts/prepare_data.py`` (the ``push_to_hub`` layout, ``prepare.json`` without local paths), so
+``load_dataset(<id>)`` works, streaming too. Nothing uploaded names a local path (:mod:`cxr_vit.public_names`).
+Cards are rendered in :mod:`cxr_vit.cards`; this module only talks to the Hub.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import tempfile
+from fnmatch import fnmatch
 from pathlib import Path
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub import constants as hub_constants
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from .cards import REPORT_DIR, find_report, model_card_with_report
+from .cards import REPORT_DIR, find_report, model_card_with_report, read_run_args, run_arg_paths
 from .constants import TRAINING_CURVES_NAME
+from .public_names import check_no_local_paths
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +41,8 @@ MODEL_FILES = (
     "all_results.json",
     "test_results.json",
     "eval_results.json",
-    "run_args.yaml",
 )
+RUN_ARGS_FILE = "run_args.yaml"  # the resolved arguments, local paths included: uploaded only when asked
 
 
 class HubAccessError(RuntimeError):
@@ -83,9 +88,13 @@ def push_model(
     private: bool | None = None,
     commit_message: str = "Upload cxr-vit model",
     report: str | os.PathLike | None = None,
+    dataset_repo: str | None = None,
+    include_run_args: bool = False,
 ) -> str:
     """Upload a model folder (see ``MODEL_FILES``) with a freshly rendered card; returns the URL.
 
+    ``dataset_repo``: the Hub id of the training data, for the card (default: what the run's dataset records, see
+    :mod:`cxr_vit.public_names`). ``include_run_args``: upload ``run_args.yaml`` too, with its local paths.
     The evaluation report the card finds (``report``: a report.json or its folder; default
     ``<model_dir>/evaluation``, see :mod:`cxr_vit.cards`) goes up too, as ``evaluation/``. A ``report`` that is
     missing or about other weights raises :class:`cxr_vit.cards.ReportMismatchError` before anything is pushed.
@@ -100,7 +109,7 @@ def push_model(
     repo_id = check_push_access(repo_id, token=token, private=private)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_push_") as staging:
         # Stage exactly what belongs on the Hub: no optimizer states or checkpoints, one commit.
-        for name in MODEL_FILES:
+        for name in (*MODEL_FILES, RUN_ARGS_FILE) if include_run_args else MODEL_FILES:
             if (model_dir / name).is_file():
                 shutil.copy2(model_dir / name, Path(staging) / name)
         if found:
@@ -108,8 +117,12 @@ def push_model(
             for name in REPORT_FILES:
                 if (found[1].parent / name).is_file():
                     shutil.copy2(found[1].parent / name, Path(staging) / REPORT_DIR / name)
-        card = model_card_with_report(model_dir, repo_id, found[0] if found else None)  # the weights hashed once
+        # the weights hashed once
+        card = model_card_with_report(model_dir, repo_id, found[0] if found else None, dataset_repo=dataset_repo)
         card.save(Path(staging) / "README.md")
+        if not include_run_args:  # run_args.yaml: the one file allowed to name local paths, when asked
+            local = [model_dir, *run_arg_paths(read_run_args(model_dir))]
+            check_no_local_paths(staging, [*local, found[1].parent] if found else local)
         commit = HfApi(token=token).upload_folder(
             repo_id=repo_id, folder_path=staging, repo_type="model", commit_message=commit_message
         )
@@ -124,17 +137,33 @@ def push_dataset(
     private: bool | None = None,
     commit_message: str = "Upload prepared NIH ChestX-ray14",
 ) -> str:
-    """Upload a folder written by ``scripts/prepare_data.py`` (Parquet shards + card) as a dataset repo."""
+    """Upload a folder written by ``scripts/prepare_data.py`` (Parquet shards + card) as a dataset repo.
+
+    ``prepare.json`` goes up with its input files named by file name only (no local paths); locally, it then
+    records the repo id (:func:`cxr_vit.data.provenance.record_push`), so model cards can name the data by it.
+    """
+    from .data.provenance import PREPARE_RECORD, public_record, read_record, record_push
+
     prepared_dir = Path(prepared_dir)
-    if not (prepared_dir / "README.md").is_file() or not list(prepared_dir.glob("data/*.parquet")):
+    shards = sorted(prepared_dir.glob("data/*.parquet"))
+    if not (prepared_dir / "README.md").is_file() or not shards:
         raise FileNotFoundError(f"{prepared_dir} is not a prepared dataset folder (README.md + data/*.parquet)")
+    record = read_record(prepared_dir)
     repo_id = check_push_access(repo_id, token=token, repo_type="dataset", private=private)
-    HfApi(token=token).upload_folder(
-        repo_id=repo_id,
-        folder_path=prepared_dir,
-        repo_type="dataset",
-        allow_patterns=["README.md", "prepare.json", "data/*.parquet"],
-        delete_patterns=["data/*.parquet"],  # a re-push with other shards must not leave stale ones
-        commit_message=commit_message,
-    )
+    api = HfApi(token=token)
+    uploads = {"README.md": prepared_dir / "README.md", **{f"data/{shard.name}": shard for shard in shards}}
+    if record is not None:
+        uploads[PREPARE_RECORD] = json.dumps(public_record(record), indent=2).encode() + b"\n"
+    stale = [  # a re-push with other shards must not leave the old ones behind
+        name
+        for name in api.list_repo_files(repo_id, repo_type="dataset")
+        if fnmatch(name, "data/*.parquet") and name not in uploads
+    ]
+    operations = [CommitOperationDelete(name) for name in stale]
+    operations += [CommitOperationAdd(name, content) for name, content in uploads.items()]
+    api.create_commit(repo_id, operations, commit_message=commit_message, repo_type="dataset")
+    if record is None:
+        logger.warning("%s has no %s: the repo id is not recorded for model cards", prepared_dir, PREPARE_RECORD)
+    else:
+        record_push(prepared_dir, repo_id)
     return f"{hub_constants.ENDPOINT}/datasets/{repo_id}"

@@ -138,3 +138,23 @@ def record_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
             f"{before['sha256'][:12]} -> {after['sha256'][:12]})"
         )
     return differences
+
+
+def record_push(folder: str | os.PathLike, repo_id: str) -> Path:
+    """Note in ``prepare.json`` the Hub repo the folder was pushed to, so that model cards can name the data by it.
+
+    Preparing the folder again writes a new record without it: the repo then holds other data.
+    """
+    record = read_record(folder)
+    if record is None:
+        raise FileNotFoundError(f"{Path(folder) / PREPARE_RECORD} is missing: prepare the folder with cxr-vit first")
+    return write_record(folder, {**record, "hub": {"repo_id": repo_id}})
+
+
+def public_record(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as published with the data: input files named by file name, not by their local paths."""
+    inputs = {
+        name: None if entry is None else {**entry, "path": Path(entry["path"]).name}
+        for name, entry in record["inputs"].items()
+    }
+    return {key: value for key, value in record.items() if key != "hub"} | {"inputs": inputs}
