@@ -89,3 +89,12 @@ def test_names_of_the_old_evaluation_module_still_import():
     assert bootstrap_report.__module__ == "cxr_vit.evaluation.bootstrap"
     assert choose_thresholds.__module__ == store_thresholds.__module__ == "cxr_vit.evaluation.thresholds"
     assert callable(weights_fingerprint)
+
+
+def test_every_package_ships_in_a_wheel():
+    """A subpackage missing from pyproject's list works in an editable install and is absent from a wheel."""
+    import tomllib
+
+    listed = set(tomllib.loads((SRC.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {module_name(path) for path in SRC.rglob("__init__.py")}
+    assert packages <= listed, f"add to [tool.setuptools] packages: {sorted(packages - listed)}"
