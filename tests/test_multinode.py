@@ -1,6 +1,7 @@
 """Beyond one process: two "nodes" on loopback, a kill and resume across them, the launch check, sharding,
 activation checkpointing and the SLURM example (docs/training.md, "More than one machine")."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -154,9 +155,32 @@ def test_metrics_gathered_on_rank_0_equal_one_process_on_the_saved_model(two_nod
         assert gathered[key] == pytest.approx(single[key], abs=1e-6), key
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("cxr_vit.data.locking") is None, reason="the cache's file lock is not in this tree yet"
+)
+def test_two_launches_on_one_node_share_its_cache_folder(tmp_path, prepared_mini):
+    """Two runs started at once on one node with the same --image_cache_dir: one builds, the other waits and reuses."""
+    config = tiny_run_config(tmp_path, prepared_mini)
+    short = ["--max_steps", "1", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end", "false",
+             "--image_cache_dir", str(tmp_path / "cache")]  # fmt: skip
+    runs = []
+    for index in (0, 1):
+        output = str(tmp_path / f"run{index}")
+        command = [sys.executable, "scripts/train.py", "--config", str(config), "--output_dir", output, *short]
+        runs.append(subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True))  # fmt: skip
+    logs = [run.communicate(timeout=300)[0] for run in runs]
+    for run, log in zip(runs, logs, strict=True):
+        assert run.returncode == 0, log[-3000:]
+    assert sum(log.count("building the image cache") for log in logs) == 2  # train and validation, once each
+    assert not list((tmp_path / "cache").glob("*.tmp-*")), "a staging folder was left behind"
+
+
 # ---- the launch check ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_accelerate_cpu_launch_of_two_processes_is_stopped_with_the_fix(tmp_path):
     command = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
                "scripts/train.py", "--output_dir", str(tmp_path)]  # fmt: skip

@@ -50,7 +50,8 @@ def check_process_count(world_size: int, environ: Mapping[str, str] = os.environ
         raise LaunchError(
             "accelerate launch was asked for several processes or machines but started one process with no "
             "process group (its --cpu / single-process launcher does that without --multi_gpu): every machine "
-            f"would train alone. Launch with {MULTI_PROCESS_LAUNCHES}"
+            f"would train alone. Launch with {MULTI_PROCESS_LAUNCHES}. (For one process on purpose: MASTER_ADDR came "
+            "from your environment; unset it.)"
         )
 
 
