@@ -249,6 +249,22 @@ def test_sharded_checkpoint_is_resumable_once_both_shard_folders_are_complete(tm
     assert checkpoint_problem(path) is None
 
 
+def test_fsdp_full_state_checkpoint_with_its_optimizer_bin_is_resumable(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "checkpoint-8"
+    path.mkdir()
+    save_file({"w": torch.zeros(2)}, str(path / "model.safetensors"))
+    for name in ("config.json", "scheduler.pt", "rng_state_0.pth"):
+        (path / name).write_bytes(b"x")
+    (path / "trainer_state.json").write_text(json.dumps({"global_step": 8}))
+    assert "optimizer.pt is missing" in checkpoint_problem(path)
+    (path / "optimizer.bin").write_bytes(b"")
+    assert "optimizer.bin is missing or empty" in checkpoint_problem(path)
+    (path / "optimizer.bin").write_bytes(b"x")
+    assert checkpoint_problem(path) is None
+
+
 @pytest.mark.slow
 def test_fsdp2_on_cpu_trains_like_one_process_and_saves_one_plain_file(tmp_path):
     """torch's own FSDP2 (fully_shard) over gloo, two processes, the timm blocks as units: the step equals the

@@ -39,6 +39,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     sharded = (path / SHARDED_FOLDERS[0]).is_dir()
     required = SHARDED_REQUIRED_FILES + tuple(f"{folder}/{DCP_METADATA}" for folder in SHARDED_FOLDERS)
     for name in required if sharded else REQUIRED_FILES:
+        if name == "optimizer.pt" and (path / "optimizer.bin").is_file():  # FSDP with a full state dict: .bin
+            name = "optimizer.bin"
         if not (path / name).is_file() or (path / name).stat().st_size == 0:
             return f"{name} is missing or empty"
     if not list(path.glob("rng_state*.pth")):
