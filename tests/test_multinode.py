@@ -234,6 +234,35 @@ def test_fsdp_wraps_the_timm_blocks_by_default():
         fsdp_block_classes(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("as_file", [False, True])
+def test_fsdp_defaults_reach_the_accelerate_plugin_under_the_given_config(tmp_path, monkeypatch, as_file):
+    """--fsdp on a GPU, up to the plugin arguments the Trainer hands accelerate (no GPU here to build the Trainer)."""
+    from types import SimpleNamespace
+
+    from transformers import TrainingArguments
+
+    from cxr_vit.modeling import create_model
+
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "false")  # _process_fsdp_args sets it; restored after
+    given = {"fsdp_state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": True}
+    if as_file:
+        (tmp_path / "fsdp.json").write_text(json.dumps(given))
+    args = SimpleNamespace(fsdp=True, ema_decay=None, activation_checkpointing=False,
+                           fsdp_config=str(tmp_path / "fsdp.json") if as_file else given)  # fmt: skip
+    CXRTrainingArguments._resolve_fsdp(args, on_gpu=True)
+    args.fsdp_plugin_args = TrainingArguments._process_fsdp_args(args)
+    configure_fsdp(args, create_model("vit_tiny_patch16_224", pretrained=False, image_size=32))
+    plugin = args.fsdp_plugin_args
+    assert plugin["fsdp_version"] == 2 and plugin["auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
+    assert plugin["transformer_cls_names_to_wrap"] == "Block"
+    assert plugin["state_dict_type"] == "FULL_STATE_DICT" and plugin["activation_checkpointing"] is True
+    args.fsdp_config = None  # and the defaults alone: sharded checkpoints
+    CXRTrainingArguments._resolve_fsdp(args, on_gpu=True)
+    assert TrainingArguments._process_fsdp_args(args)["state_dict_type"] == "SHARDED_STATE_DICT"
+    with pytest.raises(ValueError, match="--ema_decay"):
+        CXRTrainingArguments._resolve_fsdp(SimpleNamespace(ema_decay=0.999, fsdp_config=None), on_gpu=True)
+
+
 def test_sharded_checkpoint_is_resumable_once_both_shard_folders_are_complete(tmp_path):
     path = tmp_path / "checkpoint-8"
     for folder in ("pytorch_model_fsdp_0", "optimizer_0"):
