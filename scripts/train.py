@@ -9,6 +9,9 @@
     # several GPUs, same script
     accelerate launch --config_file accelerate_config.yaml --multi_gpu --num_processes 4 scripts/train.py ...
 
+    # several machines (docs/training.md, "More than one machine"; SLURM: examples/slurm/train.sbatch)
+    torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_endpoint HOST:29500 scripts/train.py ...
+
 Any option can be given as a flag (it overrides the YAML file); see --help.
 """
 
@@ -37,6 +40,7 @@ from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
 from cxr_vit.pretrained import CheckpointLoadError
 from cxr_vit.training import plot_training_curves, positive_weights, save_run_args
 from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
+from cxr_vit.training.distributed import LaunchError, check_process_count, configure_fsdp
 from cxr_vit.training.inputs import input_datasets, load_splits
 
 logger = logging.getLogger("train")
@@ -46,6 +50,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     # ---- set-up --------------------------------------------------------------------------------
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
+    check_process_count(training_args.world_size)
     set_seed(training_args.seed)
     hub_repo_id = None
     if training_args.push_to_hub:
@@ -81,6 +86,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         model_kwargs=model_args.model_kwargs,
         pretrained_weights=model_args.pretrained_weights,
     )
+    configure_fsdp(training_args, model)
     model_data_config = data_config(model)
     logger.info(
         "model %s, input %s, data config %s",
@@ -157,5 +163,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 if __name__ == "__main__":
     try:
         main(*parse_args())
-    except (HubAccessError, NIHDataError, CheckpointError, CheckpointLoadError, PretrainedWeightsUnavailable) as err:
+    except (
+        HubAccessError,
+        NIHDataError,
+        CheckpointError,
+        CheckpointLoadError,
+        PretrainedWeightsUnavailable,
+        LaunchError,
+    ) as err:
         raise SystemExit(f"error: {err}") from None

@@ -106,12 +106,14 @@ def test_squares_then_device_crop_equal_timm_eval_transform(interpolation, size,
 # ---- batch dataset ---------------------------------------------------------------------------------
 
 
-def test_getitems_reads_one_sorted_batch(validation, cache_dir):
+def test_getitems_reads_one_batch_in_the_order_asked(validation, cache_dir):
     dataset = CachedImageDataset(cache_dir)
-    batch = dataset.__getitems__([7, 2, 5])
-    assert batch["pixel_values"].shape == (3, 71, 71) and batch["pixel_values"].dtype == torch.uint8
-    expected_labels = np.asarray(validation.select([2, 5, 7])["labels"], np.float32)
-    np.testing.assert_array_equal(batch["labels"].numpy(), expected_labels)  # sorted, labels still aligned
+    batch = dataset.__getitems__([7, 2, 5, 2])  # a repeat, as a distributed evaluation pads its last batch
+    assert batch["pixel_values"].shape == (4, 71, 71) and batch["pixel_values"].dtype == torch.uint8
+    expected_labels = np.asarray(validation.select([7, 2, 5, 2])["labels"], np.float32)
+    np.testing.assert_array_equal(batch["labels"].numpy(), expected_labels)  # the sampler's order, not sorted
+    assert torch.equal(batch["pixel_values"][1], batch["pixel_values"][3])
+    assert torch.equal(batch["pixel_values"][0], dataset[7]["pixel_values"])
     assert dataset[2]["pixel_values"].shape == (71, 71)
 
 

@@ -2,8 +2,9 @@
 
 A ``DataLoader`` with ``batch_size=B`` hands a dataset that has ``__getitems__`` the batch's B indices in one
 call, so one sorted fancy index into the memory map replaces B Python-level ``__getitem__`` calls and a
-collate. Sorting turns the random batch into a forward sweep over the file; the order inside a batch does not
-matter to SGD.
+collate. Sorting turns the random batch into a forward sweep over the file; the rows then go back into the order
+asked for, the sampler's: a distributed evaluation pads its last batch with repeated rows at the end, and
+``gather_for_metrics`` drops exactly those, so a sorted batch would drop real rows and keep the repeats.
 
 Batches hold uint8 pixels (4x less to pin and copy than float32); :mod:`cxr_vit.data.gpu_augment` turns
 them into model inputs on the training device. Samplers, sharding, ``set_epoch`` and resume skipping stay
@@ -55,10 +56,10 @@ class CachedImageDataset(Dataset):
         return self.num_rows
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        order = np.sort(np.asarray(indices, dtype=np.int64))
+        rows, requested = np.unique(np.asarray(indices, dtype=np.int64), return_inverse=True)  # sorted, each once
         return {
-            "pixel_values": torch.from_numpy(np.ascontiguousarray(self.images[order])),
-            "labels": torch.from_numpy(np.ascontiguousarray(self.labels[order])),
+            "pixel_values": torch.from_numpy(self.images[rows][requested]),
+            "labels": torch.from_numpy(self.labels[rows][requested]),
         }
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:

@@ -2,7 +2,9 @@
 
 A run killed while writing a checkpoint leaves a folder that looks like a checkpoint but is not one. The
 Trainer writes ``trainer_state.json`` last, so a checkpoint counts as complete only when that file parses
-and the weights, optimizer, scheduler and RNG files it wrote before are there and readable.
+and the weights, optimizer, scheduler and RNG files it wrote before are there and readable. An FSDP checkpoint
+(``--fsdp``) holds its weights and optimizer as sharded folders (accelerate's ``pytorch_model_fsdp_0/`` and
+``optimizer_0/``), each complete once ``torch.distributed.checkpoint`` has written its ``.metadata``, last.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ class CheckpointError(ValueError):
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 REQUIRED_FILES = ("model.safetensors", "config.json", "optimizer.pt", "scheduler.pt", "trainer_state.json")
+SHARDED_FOLDERS = ("pytorch_model_fsdp_0", "optimizer_0")  # accelerate's FSDP SHARDED_STATE_DICT layout
+SHARDED_REQUIRED_FILES = ("scheduler.pt", "trainer_state.json")
+DCP_METADATA = ".metadata"  # torch.distributed.checkpoint writes it after every shard
 
 
 def checkpoint_problem(path: str | os.PathLike) -> str | None:
@@ -31,7 +36,11 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
     path = Path(path)
     if not path.is_dir():
         return "not a folder"
-    for name in REQUIRED_FILES:
+    sharded = (path / SHARDED_FOLDERS[0]).is_dir()
+    required = SHARDED_REQUIRED_FILES + tuple(f"{folder}/{DCP_METADATA}" for folder in SHARDED_FOLDERS)
+    for name in required if sharded else REQUIRED_FILES:
+        if name == "optimizer.pt" and (path / "optimizer.bin").is_file():  # FSDP with a full state dict: .bin
+            name = "optimizer.bin"
         if not (path / name).is_file() or (path / name).stat().st_size == 0:
             return f"{name} is missing or empty"
     if not list(path.glob("rng_state*.pth")):
@@ -42,6 +51,8 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
         return f"trainer_state.json is unreadable ({err})"
     if "global_step" not in state:
         return "trainer_state.json has no global_step"
+    if sharded:
+        return None
     try:
         with safe_open(str(path / "model.safetensors"), framework="pt") as weights:
             if not list(weights.keys()):

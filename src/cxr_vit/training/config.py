@@ -5,6 +5,7 @@ Precedence: command-line flags > ``--config file.yaml`` > the defaults below.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -88,6 +89,9 @@ class DataArguments:
 INPUT_PIPELINES = ("cache", "datasets")
 EMA_EVAL = ("ema", "raw", "both")
 LR_BASE_SCALES = ("sqrt", "linear")
+# --fsdp defaults (a given --fsdp_config overrides each): FSDP2, one unit per timm block (the classes are read from
+# the model, cxr_vit.training.distributed.configure_fsdp), checkpoints saved sharded, one shard file per process.
+FSDP_DEFAULTS = {"version": 2, "auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "state_dict_type": "SHARDED_STATE_DICT"}
 # Per-device batches when none is given: a GPU needs large batches to keep its matrix units busy (small ones
 # leave it waiting on kernel launches); on a CPU a small batch keeps steps short.
 GPU_BATCH_SIZE, CPU_TRAIN_BATCH_SIZE, CPU_EVAL_BATCH_SIZE = 256, 32, 64
@@ -166,6 +170,11 @@ class CXRTrainingArguments(TrainingArguments):
         aug_ops / aug_magnitude / aug_num_ops: X-ray intensity augmentation (brightness, contrast, gamma,
             sharpness, noise) drawn per image on the batch path of both input pipelines, after the geometric
             augmentation (crop 75-100%, rotation up to 10 degrees, 5% shifts; no horizontal flip).
+
+    Sharding: ``--fsdp`` takes ``FSDP_DEFAULTS`` under any ``--fsdp_config`` given (FSDP2, timm blocks as units,
+    sharded checkpoints; the final model is gathered into one safetensors file). It needs GPUs: accelerate keeps
+    the FSDP plugin only for accelerator devices and would run CPU processes as plain data parallel, so a CPU run
+    with ``--fsdp`` is an error. ``--gradient_checkpointing`` recomputes each timm block in the backward pass.
 
     A plain ``python scripts/train.py`` on a machine with several GPUs trains with torch's DataParallel: one
     process, ``per_device_train_batch_size`` on each GPU. The default learning rate is scaled to that real
@@ -311,6 +320,8 @@ class CXRTrainingArguments(TrainingArguments):
             raise ValueError(f"--ema_decay must be between 0 and 1 (e.g. 0.9998), got {self.ema_decay}")
         if self.layer_decay is not None and not 0.0 < self.layer_decay <= 1.0:
             raise ValueError(f"--layer_decay must be in (0, 1] (e.g. 0.65), got {self.layer_decay}")
+        if self.fsdp:
+            self._resolve_fsdp(on_gpu)
         if self.throughput_skip_steps < 1:
             raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
         if self.run_name is None:
@@ -329,6 +340,21 @@ class CXRTrainingArguments(TrainingArguments):
                 "--num_processes %d scripts/train.py ...` trains faster.",
                 self.n_gpu, self.global_train_batch_size, self.n_gpu,
             )  # fmt: skip
+
+    def _resolve_fsdp(self, on_gpu: bool) -> None:
+        if not on_gpu:
+            raise ValueError(
+                "--fsdp needs GPUs: accelerate keeps its FSDP plugin only for accelerator devices and would silently "
+                "run CPU processes as plain data parallel (every process holding the whole model). On a CPU, drop "
+                "--fsdp (torchrun then runs data parallel over gloo)."
+            )
+        if self.ema_decay is not None:
+            raise ValueError("--ema_decay keeps a full copy of the weights in each process; not with --fsdp")
+        config = self.fsdp_config
+        if isinstance(config, str):
+            config = json.loads(Path(config).read_text())
+        config = {key.removeprefix("fsdp_"): value for key, value in (config or {}).items()}
+        self.fsdp_config = {**FSDP_DEFAULTS, **config}
 
     @property
     def global_train_batch_size(self) -> int:

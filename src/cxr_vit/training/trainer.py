@@ -9,6 +9,7 @@
   norms, position embeddings and class tokens, and optional layer-wise learning-rate decay.
 - ``evaluate`` / ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model``: the optional weights' EMA is
   evaluated, checkpointed beside the raw weights, restored on resume and kept as the best model.
+- ``save_model``: under FSDP the final model is gathered into one safetensors file (checkpoints stay sharded).
 - callbacks: the non-finite-loss stop, the steady throughput, the opt-in train metrics, the EMA
   (:mod:`cxr_vit.training.callbacks`, :mod:`cxr_vit.training.throughput`).
 """
@@ -209,6 +210,14 @@ class MultiLabelTrainer(Trainer):
         ):
             # Beside the raw weights, before trainer_state.json marks the checkpoint complete.
             save_file(self.ema.timm_state_dict(), os.path.join(output_dir, EMA_WEIGHTS_NAME))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        # Under FSDP with sharded checkpoints the Trainer writes only shards; the final model (not a checkpoint) is
+        # gathered from every process into one plain safetensors file, which rank 0 writes.
+        sharded = self.is_fsdp_enabled and "SHARDED" in str(self.accelerator.state.fsdp_plugin.state_dict_type)
+        if _internal_call or not sharded:
+            return super().save_model(output_dir, _internal_call)
+        self._save(output_dir, state_dict=self.accelerator.get_state_dict(self.model))
 
     def peak_gpu_memory_gb(self) -> float | None:
         """``torch.cuda.max_memory_allocated`` of this process in GiB; ``None`` off CUDA."""
