@@ -16,6 +16,7 @@ import logging
 import os
 
 import transformers
+from torch.utils.data import default_collate
 from transformers import EarlyStoppingCallback, set_seed
 
 from cxr_vit import (
@@ -37,6 +38,7 @@ from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
 from cxr_vit.pretrained import CheckpointLoadError
 from cxr_vit.training import plot_training_curves, positive_weights, save_run_args
 from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
+from cxr_vit.training.finetune import feature_datasets
 from cxr_vit.training.inputs import input_datasets, load_splits
 
 logger = logging.getLogger("train")
@@ -89,6 +91,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         model_data_config,
     )
     role_datasets, collator, batch_transform = input_datasets(splits, data_args, training_args, model_data_config)
+    feature_seconds = None
+    if training_args.finetune == "linear":  # the frozen backbone runs once per split; epochs train the head
+        role_datasets, feature_seconds = feature_datasets(
+            model, role_datasets, collator, batch_transform, training_args.per_device_eval_batch_size,
+            training_args.device,
+        )  # fmt: skip
+        collator = default_collate
 
     # ---- training ------------------------------------------------------------------------------
     callbacks = []
@@ -110,6 +119,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
     train_result.metrics["train_samples"] = len(splits["train"])
     train_result.metrics.update(trainer.throughput.metrics())  # images/s of the training steps alone
+    if feature_seconds is not None:
+        train_result.metrics["linear_probe_feature_seconds"] = feature_seconds
     if (peak := trainer.peak_gpu_memory_gb()) is not None:
         train_result.metrics["peak_gpu_memory_gb"] = peak
     trainer.log_metrics("train", train_result.metrics)
