@@ -41,6 +41,7 @@ def pixels(size: int) -> torch.Tensor:
 # ---- transformers Dinov2Model (RAD-DINO) ------------------------------------------------------------------------
 
 DINOV2 = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=56, patch_size=14)
+PREPROCESSOR = {"image_mean": [0.53, 0.53, 0.53], "image_std": [0.26, 0.26, 0.26]}  # RAD-DINO has its own
 # The names of checkpoints saved before transformers 5 (RAD-DINO's), which transformers 5 renames on load.
 OLD_NAMES = {"attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
              "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense"}  # fmt: skip
@@ -60,6 +61,7 @@ def dinov2_folder(tmp_path, registers: int = 0, old_names: bool = False):
     folder.mkdir()
     save_file({key: value.contiguous() for key, value in state.items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(source.config.to_json_string())
+    (folder / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR))
     return source, folder
 
 
@@ -69,6 +71,8 @@ def test_transformers_dinov2_converts_exactly(tmp_path, registers, old_names):
     model = create_model(str(folder), pretrained=False)  # architecture read from config.json
     init = model.config.cxr_vit_initialization
     assert init["format"] == "transformers-dinov2" and init["missing"] == []
+    pretrained_cfg = model.config.pretrained_cfg  # the encoder's normalization, which the preprocessing uses
+    assert list(pretrained_cfg["mean"]) == PREPROCESSOR["image_mean"] and list(pretrained_cfg["std"]) == [0.26] * 3
     assert model.config.architecture == ("vit_base_patch14_reg4_dinov2" if registers else "vit_base_patch14_dinov2")
     x = pixels(DINOV2["image_size"])
     with torch.no_grad():

@@ -194,7 +194,8 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
     data_args = run_args.get("DataArguments", {})
     training_args = run_args.get("CXRTrainingArguments", {})
     pretrained_cfg = config.get("pretrained_cfg", {})
-    checkpoint = (config.get("cxr_vit_initialization") or {}).get("checkpoint")  # --pretrained_weights
+    initialization = config.get("cxr_vit_initialization") or {}  # --pretrained_weights
+    checkpoint = initialization.get("checkpoint")
     pretrained = bool(model_args.get("pretrained", False)) and not checkpoint
     base_model = pretrained_cfg.get("hf_hub_id") if pretrained else None
     dataset = data_args.get("dataset_name")
@@ -256,6 +257,8 @@ def model_card_with_report(model_dir: str | os.PathLike, repo_id: str | None, re
         base_model=base_model,
         pretrained=pretrained,
         checkpoint=checkpoint,
+        checkpoint_format=initialization.get("format_description"),
+        finetune=config.get("cxr_vit_finetune"),
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,
         per_label=per_label,

@@ -165,6 +165,8 @@ def create_model(
     pretrained_cfg = {k: v for k, v in backbone.pretrained_cfg.items() if k != "num_classes"}
     if image_size:
         pretrained_cfg["input_size"] = (3, image_size, image_size)
+    if source is not None and (normalization := source.normalization()):  # the encoder's own, not ImageNet's
+        pretrained_cfg["mean"], pretrained_cfg["std"] = (tuple(values) for values in normalization)
     config = TimmWrapperConfig(
         architecture=pretrained_cfg.get("architecture", model_name.split(".")[0]),
         num_labels=NUM_LABELS,

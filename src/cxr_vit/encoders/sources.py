@@ -22,6 +22,7 @@ WEIGHTS_FILES = (
 )
 # Config files that say the architecture: transformers / timm (config.json), open_clip (open_clip_config.json).
 CONFIG_FILES = ("config.json", "open_clip_config.json")
+PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor: image_mean / image_std
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -32,6 +33,17 @@ class EncoderSource:
     origin: str  # what the user gave: a path or a Hub repo id
     weights: Path
     config: dict | None = None
+    preprocessor: dict | None = None
+
+    def normalization(self) -> tuple[list[float], list[float]] | None:
+        """``(mean, std)`` the encoder was trained with, where its files say (transformers or open_clip)."""
+        processor = self.preprocessor or {}
+        if "image_mean" in processor and "image_std" in processor:
+            return list(processor["image_mean"]), list(processor["image_std"])
+        preprocess = (self.config or {}).get("preprocess_cfg") or {}
+        if "mean" in preprocess and "std" in preprocess:
+            return list(preprocess["mean"]), list(preprocess["std"])
+        return None
 
 
 def is_hub_id(source: str) -> bool:
@@ -47,7 +59,8 @@ def resolve_source(source: str) -> EncoderSource:
         weights = next((path / name for name in WEIGHTS_FILES if (path / name).is_file()), None)
         if weights is None:
             raise FileNotFoundError(f"{source}: none of {', '.join(WEIGHTS_FILES)} in this folder")
-        return EncoderSource(source, weights, _read_config([path / name for name in CONFIG_FILES]))
+        configs = [path / name for name in CONFIG_FILES]
+        return EncoderSource(source, weights, _read_config(configs), _read_config([path / PREPROCESSOR_FILE]))
     if not is_hub_id(source):
         raise FileNotFoundError(f"{source}: no such file or folder, and not a Hub repo id (org/name)")
     weights = _download_first(source, WEIGHTS_FILES)
@@ -57,7 +70,8 @@ def resolve_source(source: str) -> EncoderSource:
             "checkpoint and give its path instead"
         )
     configs = [found for name in CONFIG_FILES if (found := _download_first(source, (name,))) is not None]
-    return EncoderSource(source, weights, _read_config(configs))
+    processor = _download_first(source, (PREPROCESSOR_FILE,))
+    return EncoderSource(source, weights, _read_config(configs), _read_config([processor] if processor else []))
 
 
 def _download_first(repo_id: str, names: tuple[str, ...]) -> Path | None:
