@@ -71,7 +71,8 @@ def test_transformers_dinov2_converts_exactly(tmp_path, registers, old_names):
     model = create_model(str(folder), pretrained=False)  # architecture read from config.json
     init = model.config.cxr_vit_initialization
     assert init["format"] == "transformers-dinov2" and init["missing"] == []
-    pretrained_cfg = model.config.pretrained_cfg  # the encoder's normalization, which the preprocessing uses
+    pretrained_cfg = model.config.pretrained_cfg  # the encoder's size and normalization, for the preprocessing
+    assert tuple(pretrained_cfg["input_size"]) == (3, DINOV2["image_size"], DINOV2["image_size"])
     assert list(pretrained_cfg["mean"]) == PREPROCESSOR["image_mean"] and list(pretrained_cfg["std"]) == [0.26] * 3
     assert model.config.architecture == ("vit_base_patch14_reg4_dinov2" if registers else "vit_base_patch14_dinov2")
     x = pixels(DINOV2["image_size"])

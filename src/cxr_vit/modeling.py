@@ -163,8 +163,9 @@ def create_model(
             "weights on purpose."
         ) from err
     pretrained_cfg = {k: v for k, v in backbone.pretrained_cfg.items() if k != "num_classes"}
-    if image_size:
-        pretrained_cfg["input_size"] = (3, image_size, image_size)
+    size = image_size or model_args.get("img_size")  # also an encoder's own size (e.g. its config.json's)
+    if isinstance(size, int):
+        pretrained_cfg["input_size"] = (3, size, size)
     if source is not None and (normalization := source.normalization()):  # the encoder's own, not ImageNet's
         pretrained_cfg["mean"], pretrained_cfg["std"] = (tuple(values) for values in normalization)
     config = TimmWrapperConfig(
