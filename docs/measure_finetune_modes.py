@@ -45,10 +45,11 @@ def main() -> None:
         subprocess.run(command, check=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         results = json.loads((output / "all_results.json").read_text())
         finetune = json.loads((output / "config.json").read_text())["cxr_vit_finetune"]
+        caching = results.get("linear_probe_feature_seconds")  # linear only
         rows.append(
             f"| `{mode}` | {results['train_runtime'] / results['epoch']:.2f} | "
-            f"{results.get('linear_probe_feature_seconds', 0.0):.1f} | "
-            f"{results['train_steady_images_per_second']:.0f} | {finetune['trainable_parameters']:,} | "
+            + (f"{caching:.1f}" if caching is not None else "-")
+            + f" | {results['train_steady_images_per_second']:.0f} | {finetune['trainable_parameters']:,} | "
             f"{results['test_auc_macro']:.3f} |"
         )
     print(f"load average before the last run: {os.getloadavg()[0]:.1f}")
