@@ -12,8 +12,9 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from safetensors.torch import save_file
 from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
+from cxr_vit.cards import render_model_card
 from cxr_vit.encoders import detect_format, resolve_source
-from cxr_vit.modeling import create_model
+from cxr_vit.modeling import create_model, save_model
 from cxr_vit.pretrained import CheckpointLoadError, CheckpointMismatchError, load_backbone_checkpoint
 
 TOLERANCE = 1e-5
@@ -87,6 +88,8 @@ def test_dinov2_position_embeddings_are_resampled_to_another_size(tmp_path):
                          model_kwargs={"embed_dim": 64, "depth": 2, "num_heads": 4})  # fmt: skip
     assert model.timm_model.pos_embed.shape == (1, 1 + 2 * 2, 64)
     assert model.config.cxr_vit_initialization["missing"] == []
+    save_model(model, tmp_path / "saved")  # the card names the checkpoint and its format
+    assert "`rad-dino` (transformers Dinov2Model (RAD-DINO))" in render_model_card(tmp_path / "saved").text
 
 
 # ---- open_clip with a timm trunk (BiomedCLIP) ---------------------------------------------------------------------

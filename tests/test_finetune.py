@@ -6,6 +6,9 @@ from safetensors.torch import load_file
 from training_helpers import tiny_vit_trainer
 from transformers import AutoModelForImageClassification
 
+from cxr_vit import load_chestxray14
+from cxr_vit.cards import render_model_card
+from cxr_vit.evaluation import evaluate_model
 from cxr_vit.modeling import create_model
 from cxr_vit.training.finetune import apply_finetune, merge_lora, parse_finetune
 
@@ -60,7 +63,7 @@ def test_lora_merge_keeps_the_adapted_function():
     torch.testing.assert_close(merged, adapted, atol=1e-5, rtol=0)
 
 
-def test_lora_trains_saves_merged_and_reloads_in_stock_transformers(tmp_path):
+def test_lora_trains_saves_merged_and_reloads_in_stock_transformers(tmp_path, prepared_mini):
     trainer = tiny_vit_trainer(tmp_path, model=tiny_vit(2), finetune="lora", lora_rank=4, max_steps=3,
                                learning_rate=1e-2)  # fmt: skip
     before = snapshot(trainer.model)
@@ -80,6 +83,12 @@ def test_lora_trains_saves_merged_and_reloads_in_stock_transformers(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(pixel_values=x).logits, trainer.model.eval()(pixel_values=x).logits,
                                    atol=1e-5, rtol=0)  # fmt: skip
+    # the card and the evaluation report state the mode and what trained
+    card = render_model_card(tmp_path / "saved").text
+    assert f"Fine-tuning mode `lora` (`--finetune`): {trainable:,} of" in card
+    splits = load_chestxray14(str(prepared_mini))
+    report = evaluate_model(reloaded, splits["test"], splits["validation"], n_bootstrap=10).report
+    assert report["finetune"]["mode"] == "lora" and report["finetune"]["trainable_parameters"] == trainable
 
 
 @pytest.mark.parametrize("mode", ["partial", "partial:0", "linear:2", "lora:x", "half"])
