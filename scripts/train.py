@@ -33,6 +33,7 @@ from cxr_vit import (
 )
 from cxr_vit.cards import write_model_card
 from cxr_vit.constants import TRAINING_CURVES_NAME
+from cxr_vit.encoders import EncoderNotFoundError
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
 from cxr_vit.pretrained import CheckpointLoadError
@@ -168,5 +169,12 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
 if __name__ == "__main__":
     try:
         main(*parse_args())
-    except (HubAccessError, NIHDataError, CheckpointError, CheckpointLoadError, PretrainedWeightsUnavailable) as err:
+    except (
+        HubAccessError,
+        NIHDataError,
+        CheckpointError,
+        CheckpointLoadError,
+        EncoderNotFoundError,
+        PretrainedWeightsUnavailable,
+    ) as err:
         raise SystemExit(f"error: {err}") from None

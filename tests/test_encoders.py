@@ -178,3 +178,13 @@ def test_a_hub_repo_of_an_encoder_is_downloaded(tmp_path, monkeypatch):
     with torch.no_grad():
         expected = source(pixel_values=x).pooler_output
     torch.testing.assert_close(timm_features(model, x), expected, atol=TOLERANCE, rtol=0)
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    from cxr_vit.encoders import EncoderNotFoundError
+
+    with pytest.raises(EncoderNotFoundError, match="missing.pth: no such file or folder"):
+        create_model("vit_tiny_patch16_224", pretrained=False, pretrained_weights=str(tmp_path / "missing.pth"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EncoderNotFoundError, match="none of model.safetensors"):
+        create_model(str(tmp_path / "empty"), pretrained=False)

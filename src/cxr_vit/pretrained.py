@@ -5,7 +5,9 @@ Such files come in many shapes: torch pickles or safetensors, the state dict at 
 attribute, a 1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the
 worst outcome: ``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random
 weights without a word. So :func:`load_backbone_checkpoint` adapts what it can (and says what it did) and
-raises when more than a few backbone tensors stay unloaded.
+raises when more than a few backbone tensors stay unloaded. Other libraries' layouts (transformers
+``Dinov2Model``, open_clip and OpenAI-CLIP towers) are first converted to timm names by :mod:`cxr_vit.encoders`,
+which detects them from the keys; the result names the format.
 """
 
 from __future__ import annotations

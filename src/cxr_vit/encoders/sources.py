@@ -26,6 +26,10 @@ PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor:
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
+class EncoderNotFoundError(FileNotFoundError):
+    """No checkpoint where the user pointed: no such file or folder, or no weights file in the folder / Hub repo."""
+
+
 @dataclass
 class EncoderSource:
     """A checkpoint file and the config published beside it (``None`` for a lone file)."""
@@ -58,14 +62,14 @@ def resolve_source(source: str) -> EncoderSource:
     if path.is_dir():
         weights = next((path / name for name in WEIGHTS_FILES if (path / name).is_file()), None)
         if weights is None:
-            raise FileNotFoundError(f"{source}: none of {', '.join(WEIGHTS_FILES)} in this folder")
+            raise EncoderNotFoundError(f"{source}: none of {', '.join(WEIGHTS_FILES)} in this folder")
         configs = [path / name for name in CONFIG_FILES]
         return EncoderSource(source, weights, _read_config(configs), _read_config([path / PREPROCESSOR_FILE]))
     if not is_hub_id(source):
-        raise FileNotFoundError(f"{source}: no such file or folder, and not a Hub repo id (org/name)")
+        raise EncoderNotFoundError(f"{source}: no such file or folder, and not a Hub repo id (org/name)")
     weights = _download_first(source, WEIGHTS_FILES)
     if weights is None:
-        raise FileNotFoundError(
+        raise EncoderNotFoundError(
             f"Hub repo {source}: none of {', '.join(WEIGHTS_FILES)} there (or, offline, in the cache); download the "
             "checkpoint and give its path instead"
         )
