@@ -19,6 +19,7 @@ import logging
 import os
 
 import transformers
+from torch.utils.data import default_collate
 from transformers import EarlyStoppingCallback, set_seed
 
 from cxr_vit import (
@@ -35,12 +36,14 @@ from cxr_vit import (
 )
 from cxr_vit.cards import write_model_card
 from cxr_vit.constants import TRAINING_CURVES_NAME
+from cxr_vit.encoders import EncoderNotFoundError
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
 from cxr_vit.pretrained import CheckpointLoadError
 from cxr_vit.training import plot_training_curves, positive_weights, save_run_args
 from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
 from cxr_vit.training.distributed import LaunchError, check_process_count, configure_fsdp
+from cxr_vit.training.finetune import feature_datasets
 from cxr_vit.training.inputs import input_datasets, load_splits
 
 logger = logging.getLogger("train")
@@ -95,6 +98,13 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         model_data_config,
     )
     role_datasets, collator, batch_transform = input_datasets(splits, data_args, training_args, model_data_config)
+    feature_seconds = None
+    if training_args.finetune == "linear":  # the frozen backbone runs once per split; epochs train the head
+        role_datasets, feature_seconds = feature_datasets(
+            model, role_datasets, collator, batch_transform, training_args.per_device_eval_batch_size,
+            training_args.device,
+        )  # fmt: skip
+        collator = default_collate
 
     # ---- training ------------------------------------------------------------------------------
     callbacks = []
@@ -116,6 +126,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
     train_result.metrics["train_samples"] = len(splits["train"])
     train_result.metrics.update(trainer.throughput.metrics())  # images/s of the training steps alone
+    if feature_seconds is not None:
+        train_result.metrics["linear_probe_feature_seconds"] = feature_seconds
     if (peak := trainer.peak_gpu_memory_gb()) is not None:
         train_result.metrics["peak_gpu_memory_gb"] = peak
     trainer.log_metrics("train", train_result.metrics)
@@ -170,5 +182,6 @@ if __name__ == "__main__":
         CheckpointLoadError,
         PretrainedWeightsUnavailable,
         LaunchError,
+        EncoderNotFoundError,
     ) as err:
         raise SystemExit(f"error: {err}") from None

@@ -231,7 +231,8 @@ def model_card_with_report(
     model_args = run_args.get("ModelArguments", {})
     training_args = run_args.get("CXRTrainingArguments", {})
     pretrained_cfg = config.get("pretrained_cfg", {})
-    checkpoint = (config.get("cxr_vit_initialization") or {}).get("checkpoint")  # --pretrained_weights
+    initialization = config.get("cxr_vit_initialization") or {}  # --pretrained_weights
+    checkpoint = initialization.get("checkpoint")
     checkpoint_repo = hub_id_of_cached_file(model_args.get("pretrained_weights")) if checkpoint else None
     pretrained = bool(model_args.get("pretrained", False)) and not checkpoint
     base_model = checkpoint_repo or (pretrained_cfg.get("hf_hub_id") if pretrained else None)
@@ -294,6 +295,8 @@ def model_card_with_report(
         pretrained=pretrained,
         checkpoint=checkpoint,
         checkpoint_repo=checkpoint_repo,
+        checkpoint_format=initialization.get("format_description"),
+        finetune=config.get("cxr_vit_finetune"),
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,
         per_label=per_label,

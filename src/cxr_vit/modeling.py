@@ -23,7 +23,9 @@ from transformers import (
 )
 
 from .constants import DEFAULT_MODEL_NAME, ID2LABEL, LABEL2ID, NUM_LABELS
-from .pretrained import load_backbone_checkpoint
+from .encoders import EncoderSource, convert_checkpoint, is_hub_id, resolve_source
+from .encoders.sources import hub_config
+from .pretrained import CheckpointLoadError, load_backbone_checkpoint, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,8 @@ class ModelArguments:
         default=DEFAULT_MODEL_NAME,
         metadata={
             "help": "A timm architecture with an optional pretrained tag (e.g. vit_base_patch16_224."
-            "augreg2_in21k_ft_in1k), or a folder / Hub id of a model saved by cxr-vit to fine-tune further."
+            "augreg2_in21k_ft_in1k), a folder / Hub id of a model saved by cxr-vit to fine-tune further, or a "
+            "file / folder / Hub id of an encoder checkpoint whose architecture it names (e.g. microsoft/rad-dino)."
         },
     )
     pretrained: bool = field(
@@ -57,8 +60,9 @@ class ModelArguments:
     pretrained_weights: str | None = field(
         default=None,
         metadata={
-            "help": "A local research checkpoint (.pth/.pt/.bin/.safetensors; the state dict at the top level or "
-            "under model/state_dict/module) to initialise the backbone from, instead of the tag's ImageNet weights."
+            "help": "A research checkpoint to initialise the backbone from, instead of the tag's ImageNet weights: a "
+            ".pth/.pt/.bin/.safetensors file (the state dict at the top level or under model/state_dict/module), a "
+            "folder or a Hub repo id; timm, MAE, EVA, transformers Dinov2Model, open_clip and OpenAI-CLIP layouts."
         },
     )
     model_kwargs: dict[str, Any] | None = field(
@@ -74,6 +78,23 @@ def _is_saved_model(name: str) -> bool:
     return (Path(name) / "config.json").is_file() or ("/" in name and not name.startswith(("hf-hub:", "timm/")))
 
 
+def _is_cxr_vit_model(name: str) -> bool:
+    """A folder / Hub repo of a ``timm_wrapper`` model (ours), not another library's encoder checkpoint."""
+    if Path(name).is_file():
+        return False
+    config = hub_config(name)
+    return config is not None and config.get("model_type") == "timm_wrapper"
+
+
+def encoder_architecture(source: EncoderSource) -> tuple[str, dict[str, Any]]:
+    """The timm architecture and keywords of an encoder checkpoint, read from its config file or its tensors."""
+    converted, fmt = convert_checkpoint(read_state_dict(source.weights)[0])
+    try:
+        return fmt.architecture(converted, source.config)
+    except (KeyError, ValueError) as err:
+        raise CheckpointLoadError(f"{source.origin} ({fmt.description}): {err}") from err
+
+
 def create_model(
     model_name: str = DEFAULT_MODEL_NAME,
     pretrained: bool = True,
@@ -86,27 +107,39 @@ def create_model(
 
     Args:
         model_name: timm architecture (``.tag`` optional; ViT, DeiT, Swin, ConvNeXt, EVA, ... anything timm
-            builds), ``hf-hub:org/name`` or ``timm/name`` for a timm repo on the Hub, or a saved cxr-vit model
-            folder / Hub id.
+            builds), ``hf-hub:org/name`` or ``timm/name`` for a timm repo on the Hub, a saved cxr-vit model
+            folder / Hub id, or an encoder checkpoint (file, folder, Hub id) whose timm architecture is read from
+            its config or tensors (:mod:`cxr_vit.encoders`).
         pretrained: load the tag's ImageNet weights through timm; raises if they cannot be fetched (never a
             silent random init). ``False`` is an explicit random init.
         image_size: square input size; position embeddings of pretrained weights are resampled by timm.
             Convolutional backbones take any size and keep it in the data config only.
         drop_path_rate: stochastic depth of the backbone.
         model_kwargs: more ``timm.create_model`` keywords (they are stored in ``config.model_args``).
-        pretrained_weights: a local checkpoint loaded into the backbone instead of the tag's weights
+        pretrained_weights: a checkpoint file, folder or Hub repo id loaded into the backbone instead of the
+            tag's weights, in any layout of :mod:`cxr_vit.encoders`
             (:func:`cxr_vit.pretrained.load_backbone_checkpoint`: safe loading, position embeddings resampled,
             another head dropped, an error when it leaves more than a few backbone tensors unloaded).
     """
-    if _is_saved_model(model_name):
+    encoder_args: dict[str, Any] = {}
+    source: EncoderSource | None = None
+    if _is_saved_model(model_name) or Path(model_name).is_file():
+        if _is_cxr_vit_model(model_name):
+            if pretrained_weights:
+                raise ValueError(f"--pretrained_weights initialises a new backbone, not the saved model {model_name!r}")
+            return AutoModelForImageClassification.from_pretrained(model_name)
         if pretrained_weights:
-            raise ValueError(f"--pretrained_weights initialises a new backbone, not the saved model {model_name!r}")
-        return AutoModelForImageClassification.from_pretrained(model_name)
-    if pretrained_weights:
+            raise ValueError(f"--model_name {model_name!r} is an encoder checkpoint; give it or --pretrained_weights")
+        source = resolve_source(model_name)
+        model_name, encoder_args = encoder_architecture(source)
+        logger.info("encoder %s: timm architecture %s %s", source.origin, model_name, encoder_args)
+    elif pretrained_weights:
+        source = resolve_source(str(pretrained_weights))
+    if source is not None:
         pretrained = False  # the file's weights replace the tag's: nothing to download
     if model_name.startswith("timm/"):  # a timm Hub repo id: timm loads it through its hf-hub: prefix
         model_name = "hf-hub:" + model_name
-    model_args = dict(model_kwargs or {})
+    model_args = {**encoder_args, **(model_kwargs or {})}
     if drop_path_rate:
         model_args["drop_path_rate"] = drop_path_rate
     if image_size:
@@ -130,8 +163,11 @@ def create_model(
             "weights on purpose."
         ) from err
     pretrained_cfg = {k: v for k, v in backbone.pretrained_cfg.items() if k != "num_classes"}
-    if image_size:
-        pretrained_cfg["input_size"] = (3, image_size, image_size)
+    size = image_size or model_args.get("img_size")  # also an encoder's own size (e.g. its config.json's)
+    if isinstance(size, int):
+        pretrained_cfg["input_size"] = (3, size, size)
+    if source is not None and (normalization := source.normalization()):  # the encoder's own, not ImageNet's
+        pretrained_cfg["mean"], pretrained_cfg["std"] = (tuple(values) for values in normalization)
     config = TimmWrapperConfig(
         architecture=pretrained_cfg.get("architecture", model_name.split(".")[0]),
         num_labels=NUM_LABELS,
@@ -143,11 +179,14 @@ def create_model(
     )
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(backbone.state_dict())
-    if pretrained_weights:
-        result = load_backbone_checkpoint(model.timm_model, pretrained_weights)
+    if source is not None:
+        result = load_backbone_checkpoint(model.timm_model, source.weights)
         logger.info("initialised the backbone from %s", result.summary())
+        origin = source.origin
         model.config.cxr_vit_initialization = {
-            "checkpoint": Path(pretrained_weights).name,
+            "checkpoint": origin if is_hub_id(origin) else Path(origin).name,
+            "format": result.format,
+            "format_description": result.format_description,
             "tensors_loaded": len(result.loaded),
             "missing": result.missing,
         }

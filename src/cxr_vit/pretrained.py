@@ -5,7 +5,9 @@ Such files come in many shapes: torch pickles or safetensors, the state dict at 
 attribute, a 1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the
 worst outcome: ``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random
 weights without a word. So :func:`load_backbone_checkpoint` adapts what it can (and says what it did) and
-raises when more than a few backbone tensors stay unloaded.
+raises when more than a few backbone tensors stay unloaded. Other libraries' layouts (transformers
+``Dinov2Model``, open_clip and OpenAI-CLIP towers) are first converted to timm names by :mod:`cxr_vit.encoders`,
+which detects them from the keys; the result names the format.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import safetensors.torch
 import torch
 from timm.layers import resample_abs_pos_embed
 from torch import nn
+
+from .encoders.formats import FORMATS, TIMM_FORMAT, convert_checkpoint, sample_keys
 
 # Where a state dict may sit inside a checkpoint, looked up in this order, at most twice ({"model": {"module":..}}).
 CONTAINER_KEYS = ("model", "state_dict", "module")
@@ -51,6 +55,8 @@ class CheckpointLoadResult:
 
     path: str
     container: str | None = None  # dotted path of the state dict in the file; None: the top level
+    format: str = TIMM_FORMAT.name  # cxr_vit.encoders.formats: the layout detected from the keys
+    format_description: str = TIMM_FORMAT.description
     stripped_prefixes: list[str] = field(default_factory=list)
     timm_filter: str | None = None  # timm's checkpoint_filter_fn used to convert the keys, if it helped
     loaded: list[str] = field(default_factory=list)
@@ -64,7 +70,10 @@ class CheckpointLoadResult:
 
     def summary(self) -> str:
         where = f"under {self.container!r}" if self.container else "at the top level"
-        lines = [f"{self.path}: state dict {where}, {len(self.loaded)} of its tensors fit the model"]
+        lines = [
+            f"{self.path}: state dict {where}, format {self.format} ({self.format_description}), "
+            f"{len(self.loaded)} of its tensors fit the model"
+        ]
         if self.stripped_prefixes:
             lines.append(f"stripped key prefixes: {', '.join(self.stripped_prefixes)}")
         if self.timm_filter:
@@ -112,7 +121,13 @@ def load_backbone_checkpoint(
     """
     timm_model = getattr(model, "timm_model", model)
     result = CheckpointLoadResult(path=str(path))
-    state_dict, result.container = _find_state_dict(_read_checkpoint(Path(path)), container)
+    state_dict, result.container = read_state_dict(path, container)
+    original_keys = sample_keys(state_dict)
+    try:
+        state_dict, fmt = convert_checkpoint(state_dict)
+    except (KeyError, ValueError) as err:
+        raise CheckpointLoadError(f"{path}: cannot convert the checkpoint: {err}\nits keys: {original_keys}") from err
+    result.format, result.format_description = fmt.name, fmt.description
 
     model_state = timm_model.state_dict()
     state_dict, result.stripped_prefixes = _strip_prefixes(state_dict, model_state)
@@ -142,11 +157,20 @@ def load_backbone_checkpoint(
             f"{len(model_state) - len(head_keys)} backbone tensors unloaded (max_missing={max_missing}), so it is "
             f"not a checkpoint of {type(timm_model).__name__} with this configuration; nothing was loaded.\n"
             f"{result.summary()}\n"
+            f"A sample of the checkpoint's keys: {original_keys}\n"
+            f"Known layouts: {', '.join(f.description for f in FORMATS)}, or timm's own names.\n"
             "Check the architecture and its arguments (depth, patch size, embed dim), pick the state dict with "
             "container=..., or raise max_missing if the listed tensors may start from random weights."
         )
     timm_model.load_state_dict(to_load, strict=False)
     return result
+
+
+def read_state_dict(
+    path: str | os.PathLike, container: str | None = None
+) -> tuple[dict[str, torch.Tensor], str | None]:
+    """``(tensors, where they were)`` in a checkpoint file (``container``: as in :func:`load_backbone_checkpoint`)."""
+    return _find_state_dict(_read_checkpoint(Path(path)), container)
 
 
 def _read_checkpoint(path: Path) -> Any:

@@ -121,6 +121,7 @@ def evaluate_model(
         "precision": "bf16 autocast, fp32 head" if classifier.precision == "bf16" else "fp32",
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
         "model_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
+        "finetune": getattr(model.config, "cxr_vit_finetune", None),  # --finetune mode and trainable parameters
         "averaged": {
             "tta_views": tta,
             "models": len(members),

@@ -20,6 +20,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from ..data.prepare import DEFAULT_SPLIT_SEED
 from ..inference import native_bf16
 from ..modeling import ModelArguments
+from .finetune import DEFAULT_LORA_TARGETS, FINETUNE_MODES, parse_finetune
 from .throughput import DEFAULT_SKIP_STEPS
 
 logger = logging.getLogger(__name__)
@@ -170,6 +171,9 @@ class CXRTrainingArguments(TrainingArguments):
         aug_ops / aug_magnitude / aug_num_ops: X-ray intensity augmentation (brightness, contrast, gamma,
             sharpness, noise) drawn per image on the batch path of both input pipelines, after the geometric
             augmentation (crop 75-100%, rotation up to 10 degrees, 5% shifts; no horizontal flip).
+        finetune / lora_*: which parameters train (:mod:`cxr_vit.training.finetune`): ``full``, ``linear``
+            (the head on cached features of the frozen backbone), ``lora`` (peft adapters merged at the end) or
+            ``partial:N`` (the last N blocks); the optimizer holds the trainable parameters only.
 
     Sharding: ``--fsdp`` takes ``FSDP_DEFAULTS`` under any ``--fsdp_config`` given (FSDP2, timm blocks as units,
     sharded checkpoints; the final model is gathered into one safetensors file). It needs GPUs: accelerate keeps
@@ -286,6 +290,21 @@ class CXRTrainingArguments(TrainingArguments):
         default=False,
         metadata={"help": "Log the macro AUC of each epoch's training batches (epoch_auc_macro) for the curves."},
     )
+    finetune: str = field(
+        default="full",
+        metadata={
+            "help": f"Which parameters train: {', '.join(FINETUNE_MODES)} (linear: the head on the frozen "
+            "backbone's features, cached once per split; lora: peft adapters, merged into the weights at the end; "
+            "partial:N: the last N blocks)."
+        },
+    )
+    lora_rank: int = field(default=8, metadata={"help": "--finetune lora: the adapters' rank."})
+    lora_alpha: float = field(default=16.0, metadata={"help": "--finetune lora: the adapters' scale numerator."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "--finetune lora: dropout on the adapters' input."})
+    lora_target_modules: str = field(
+        default=DEFAULT_LORA_TARGETS,
+        metadata={"help": "--finetune lora: comma-separated module names to adapt (timm ViT: qkv, proj, fc1, fc2)."},
+    )
     throughput_skip_steps: int = field(
         default=DEFAULT_SKIP_STEPS,
         metadata={"help": "Steps not timed in train_steady_images_per_second (compile, worker start)."},
@@ -322,6 +341,9 @@ class CXRTrainingArguments(TrainingArguments):
             raise ValueError(f"--layer_decay must be in (0, 1] (e.g. 0.65), got {self.layer_decay}")
         if self.fsdp:
             self._resolve_fsdp(on_gpu)
+        finetune_kind, _ = parse_finetune(self.finetune)
+        if finetune_kind == "lora" and self.ema_decay is not None:
+            raise ValueError("--ema_decay averages plain weights; it does not combine with --finetune lora")
         if self.throughput_skip_steps < 1:
             raise ValueError(f"--throughput_skip_steps must be at least 1, got {self.throughput_skip_steps}")
         if self.run_name is None:

@@ -5,6 +5,9 @@
 - ``compute_loss``: the BCE-with-logits loss, optionally weighted per label (``pos_weight``).
 - ``prediction_step``: evaluation through :func:`cxr_vit.inference.forward_logits`, the forward that
   ``scripts/evaluate.py``, ``scripts/predict.py`` and the demo use, so every reported metric comes from one path.
+- ``__init__`` / ``train``: ``--finetune`` freezes or adapts the model (:mod:`cxr_vit.training.finetune`); LoRA
+  adapters are merged into plain weights when training ends; linear-probe batches carry ``features``, which
+  only the head sees.
 - ``create_optimizer``: timm's parameter groups (:mod:`cxr_vit.training.optim`): no weight decay on biases,
   norms, position embeddings and class tokens, and optional layer-wise learning-rate decay.
 - ``evaluate`` / ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model``: the optional weights' EMA is
@@ -25,12 +28,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
+from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.gpu_augment import BatchImageTransform
 from ..inference import forward_logits
 from ..modeling import timm_state_dict
 from .callbacks import EMA_WEIGHTS_NAME, NonFiniteLossWatch, TrainMetrics, WeightEma
+from .finetune import apply_finetune, merge_lora, parse_finetune
 from .optim import build_param_groups, format_param_groups
 from .throughput import DEFAULT_SKIP_STEPS, ThroughputMeter
 
@@ -87,6 +92,11 @@ class MultiLabelTrainer(Trainer):
         for callback in (self.loss_watch, self.throughput, self.train_metrics, self.ema):
             if callback is not None:
                 self.add_callback(callback)
+        self.finetune = getattr(self.args, "finetune", "full")
+        if hasattr(self.model, "timm_model"):  # records the mode and its trainable parameters in the config
+            args = self.args
+            apply_finetune(self.model, self.finetune, getattr(args, "lora_rank", 8), getattr(args, "lora_alpha", 16.0),
+                           getattr(args, "lora_dropout", 0.0), getattr(args, "lora_target_modules", "qkv"))  # fmt: skip
 
     # ---- inputs --------------------------------------------------------------------------------------
 
@@ -131,8 +141,15 @@ class MultiLabelTrainer(Trainer):
             self.pos_weight = self.pos_weight.to(logits.device)
         return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=self.pos_weight)
 
+    def head_logits(self, model, features: torch.Tensor) -> torch.Tensor:
+        """The classifier alone on cached pooled features (``--finetune linear``)."""
+        return self.accelerator.unwrap_model(model).timm_model.get_classifier()(features)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(pixel_values=inputs["pixel_values"])
+        if "features" in inputs:
+            outputs = ImageClassifierOutput(logits=self.head_logits(model, inputs["features"]))
+        else:
+            outputs = model(pixel_values=inputs["pixel_values"])
         loss = self.loss(outputs.logits, inputs["labels"])
         if self.train_metrics is not None and model.training:
             self.train_metrics.update(outputs.logits, inputs["labels"])
@@ -147,7 +164,11 @@ class MultiLabelTrainer(Trainer):
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad():
-            logits = forward_logits(self.accelerator.unwrap_model(model), inputs["pixel_values"], self.autocast_dtype)
+            unwrapped = self.accelerator.unwrap_model(model)
+            if "features" in inputs:
+                logits = self.head_logits(model, inputs["features"]).float()
+            else:
+                logits = forward_logits(unwrapped, inputs["pixel_values"], self.autocast_dtype)
             loss = self.loss(logits, labels).detach() if labels is not None else None
         return (loss, None, None) if prediction_loss_only else (loss, logits, labels)
 
@@ -191,6 +212,9 @@ class MultiLabelTrainer(Trainer):
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)
+        if parse_finetune(self.finetune)[0] == "lora":  # plain weights from here on: what is saved and evaluated
+            merged = merge_lora(self.accelerator.unwrap_model(self.model))
+            logger.info("merged %d LoRA adapters into the weights", merged)
         if self._uses_ema_weights() and not self.args.load_best_model_at_end:  # the final EMA is the model
             self.accelerator.unwrap_model(self.model).timm_model.load_state_dict(self.ema.timm_state_dict())
         return output
