@@ -11,7 +11,6 @@ Needs the ``deploy`` extra: ``pip install -e ".[deploy]"``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -19,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from transformers import AutoConfig, PretrainedConfig
+
+from .data.provenance import file_sha256
 
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
@@ -29,14 +30,6 @@ NO_GRADIENTS = "heatmaps need gradients, which the onnx backend does not have: u
 
 class OnnxModelError(ValueError):
     """A folder that is not a cxr-vit ONNX export, or ONNX Runtime missing; the message says what to do."""
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def create_session(path: str | os.PathLike, num_threads: int | None = None, profile_prefix: str | None = None):
