@@ -38,7 +38,7 @@ class ExportError(RuntimeError):
     """The exported model does not compute what the PyTorch model computes."""
 
 
-class _Logits(torch.nn.Module):
+class LogitsForward(torch.nn.Module):
     """What is exported: fp32 logits of a normalised batch, the PyTorch backend's forward."""
 
     def __init__(self, model):
@@ -59,7 +59,7 @@ def export_fp32(model, path: str | os.PathLike, opset: int | None = None) -> Non
     """``model``'s logits on a normalised batch as an ONNX graph at ``path``, batch axis dynamic."""
     example = verification_batch(model, batch_size=2, seed=1)
     torch.onnx.export(
-        _Logits(model).eval(),
+        LogitsForward(model).eval(),
         (example,),
         str(path),
         input_names=[INPUT_NAME],
@@ -89,11 +89,11 @@ def compare(model, onnx_path: str | os.PathLike) -> dict[str, float]:
         expected = forward_logits(model.eval(), inputs).numpy()
     session = create_session(onnx_path)
     logits = session.run([OUTPUT_NAME], {INPUT_NAME: inputs.numpy()})[0]
-    sigmoid = lambda values: 1.0 / (1.0 + np.exp(-values.astype(np.float64)))  # noqa: E731
+    probabilities = [torch.sigmoid(torch.from_numpy(values).double()).numpy() for values in (logits, expected)]
     return {
         "batch_size": len(inputs),
         "max_abs_logit_diff": float(np.abs(logits - expected).max()),
-        "max_abs_probability_diff": float(np.abs(sigmoid(logits) - sigmoid(expected)).max()),
+        "max_abs_probability_diff": float(np.abs(probabilities[0] - probabilities[1]).max()),
     }
 
 

@@ -26,7 +26,7 @@ import torch
 
 from ..inference import Classifier, forward_logits
 from ..modeling import create_model, save_model
-from ..onnx_export import _Logits, export_onnx, verification_batch
+from ..onnx_export import LogitsForward, export_onnx, verification_batch
 from ..onnx_model import INPUT_NAME, ONNX_FILE, OUTPUT_NAME, OnnxModel, create_session
 from ..prediction import PredictionsCSV, Predictor, find_images, load_model, predict_files, read_image
 from .cpu_pipeline import interleaved_rates
@@ -104,7 +104,7 @@ def measure_backends(model, work: Path, args: InferenceBenchmarkArguments, threa
     sessions = {name: create_session(work / name / ONNX_FILE, threads) for name in ("ort_fp32", "ort_int8")}
     compiled, compile_seconds = None, None
     if args.inference_compile:
-        compiled = torch.compile(_Logits(model).eval())
+        compiled = torch.compile(LogitsForward(model).eval())
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(verification_batch(model, batch_size=2))
