@@ -80,6 +80,7 @@ def run_inference_benchmark(bench, args: InferenceBenchmarkArguments) -> dict[st
     with tempfile.TemporaryDirectory(prefix="cxr_vit_infer_") as temporary:
         work = Path(bench.work_dir or temporary)
         model_dir = work / "model"
+        torch.manual_seed(0)  # the same random weights each run (speed does not depend on them, the int8 check does)
         save_model(create_model(bench.model_name, pretrained=False, image_size=bench.image_size), model_dir)
         model = load_model(model_dir)
         exports = {}
