@@ -167,3 +167,14 @@ def test_killed_predict_resumes_without_losing_or_duplicating(exported, tmp_path
     expected = pd.read_csv(clean, keep_default_na=False).set_index("path").loc[resumed["path"]]
     np.testing.assert_allclose(resumed[list(LABELS)], expected[list(LABELS)], atol=2e-6)
     assert resumed["positives"].tolist() == expected["positives"].tolist()
+
+
+def test_app_serves_an_export_without_heatmaps(exported):
+    from cxr_vit.prediction import Predictor
+
+    _, export = exported
+    app = load_script(REPO / "app.py")
+    predictor = Predictor.from_pretrained(export, backend="onnx")
+    probabilities, positives, heatmap = app.analyse(predictor, str(IMAGES[0]))
+    assert set(probabilities) == set(LABELS) and heatmap is None
+    assert "set by the test" in positives and "need gradients" in app.heatmap_label(predictor)
