@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         record = export_onnx(args.model, args.output_dir, quantize=args.quantize, opset=args.opset)
-    except ModelLoadError as err:
+    except (ModelLoadError, ImportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     except ExportError as err:

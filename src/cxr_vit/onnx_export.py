@@ -13,6 +13,7 @@ difference is recorded as reached. ``export.json`` holds the settings, versions 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ from .prediction import load_model
 QUANTIZATIONS = ("int8",)
 FP32_TOLERANCE = 1e-4  # max abs logit difference of an fp32 export
 PREPROCESSOR_FILE = "preprocessor_config.json"
+DEPLOY_MODULES = ("onnx", "onnxscript", "onnxruntime")  # the deploy extra
 
 
 class ExportError(RuntimeError):
@@ -110,6 +112,9 @@ def export_onnx(
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None, got {quantize!r}")
+    missing = [name for name in DEPLOY_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ImportError(f'exporting needs {", ".join(missing)}: pip install -e ".[deploy]"')
     model = load_model(model_name_or_path)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
@@ -137,7 +142,7 @@ def export_onnx(
         "opset": opset,
         "exporter": "torch.onnx.export (dynamo)",
         "fp32_check": {**fp32, "tolerance": FP32_TOLERANCE, "passed": True},
-        "versions": {name: version(name) for name in ("torch", "onnx", "onnxruntime", "onnxscript", "timm")},
+        "versions": {name: version(name) for name in ("torch", "timm", *DEPLOY_MODULES)},
     }
     if quantize == "int8":
         record["int8_check"] = {**compare(model, output / ONNX_FILE), "note": "reached, not a tolerance"}
