@@ -7,7 +7,8 @@ Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, whic
 --port are not given. Positives use the per-label thresholds that scripts/evaluate.py stored in the model's
 config.json (0.5 when there are none; the page says which). Heatmaps come from the explainer registry that the
 evaluation report scores (cxr_vit.evaluation.explainers): --explainer, else the default, else gradcam where the
-model's family needs it; a model no explainer supports is served without heatmaps, and the page says why. Research
+model's family needs it; a model no explainer supports is served without heatmaps, and the page says why.
+--backend onnx serves an export folder of scripts/export_onnx.py with ONNX Runtime (CPU, no heatmaps). Research
 demo, not for clinical use.
 """
 
@@ -22,6 +23,7 @@ import gradio as gr
 from PIL import Image
 
 from cxr_vit import LABELS, Predictor
+from cxr_vit.cli import add_backend_argument
 from cxr_vit.data.images import XrayReadError, xray_size
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import ModelLoadError, UnreadableImageError, read_image
@@ -121,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default=None, help="Address to bind (default: $GRADIO_SERVER_NAME or 127.0.0.1).")
     parser.add_argument("--port", type=int, default=None, help="Port (default: $GRADIO_SERVER_PORT or 7860).")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
+    add_backend_argument(parser)
     parser.add_argument(
         "--explainer",
         default=None,
@@ -131,8 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     if not args.model:
         parser.error(f"give --model (a cxr-vit model folder or Hub id) or set {MODEL_ENV}")
     try:
-        predictor = Predictor.from_pretrained(args.model, device=args.device, explainer=args.explainer)
-    except (ModelLoadError, ExplainerError) as err:
+        predictor = Predictor.from_pretrained(
+            args.model, device=args.device, explainer=args.explainer, backend=args.backend
+        )
+    except (ModelLoadError, ExplainerError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")
     build_demo(predictor, args.model).launch(
         server_name=args.host, server_port=args.port, max_file_size=f"{MAX_FILE_MB}mb", show_error=True, css=CSS

@@ -7,6 +7,11 @@
     python scripts/benchmark.py --images_dir data/nih_sample/images --labels_csv data/nih_sample/sample_labels.csv \\
         --num_images 256 --output_json outputs/benchmark_gpu.json
 
+    # CPU inference: PyTorch eager / torch.compile / ONNX Runtime fp32 / int8, batch 1 and 32, and predict.py end to
+    # end on 1024 px PNGs (ViT-B/16 at 224 by default; a few minutes on a 2-core CPU)
+    python scripts/benchmark.py --inference --output_json outputs/benchmark_inference.json \
+        [--planted_model DIR --planted_dataset DIR]
+
 Prints a Markdown table (what each row measures and its number); GPU rows say "not measured yet" without CUDA.
 """
 
@@ -17,17 +22,22 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
+from cxr_vit.benchmarks.inference import InferenceBenchmarkArguments, format_inference_table, run_inference_benchmark
 from cxr_vit.benchmarks.run import BenchmarkArguments, format_table, run_benchmark
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def main(args: BenchmarkArguments) -> None:
+def main(args: BenchmarkArguments, inference_args: InferenceBenchmarkArguments | None = None) -> None:
     for name in ("names_csv", "train_script", "accelerate_config"):  # repository files, from any directory
         if not os.path.isabs(getattr(args, name)):
             setattr(args, name, str(REPO / getattr(args, name)))
-    results = run_benchmark(args)
-    print(format_table(results))
+    if inference_args is not None and inference_args.inference:
+        results = run_inference_benchmark(args, inference_args)
+        print(format_inference_table(results))
+    else:
+        results = run_benchmark(args)
+        print(format_table(results))
     if args.output_json:
         Path(args.output_json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output_json).write_text(json.dumps(results, indent=2, default=str) + "\n")
@@ -37,7 +47,8 @@ def main(args: BenchmarkArguments) -> None:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        (benchmark_args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
+        parser = HfArgumentParser((BenchmarkArguments, InferenceBenchmarkArguments))
+        benchmark_args, inference_benchmark_args = parser.parse_args_into_dataclasses()
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
-    main(benchmark_args)
+    main(benchmark_args, inference_benchmark_args)

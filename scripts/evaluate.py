@@ -13,7 +13,9 @@ reliability diagrams; before and after for a model made by scripts/calibrate.py)
 BBox_List_2017.csv as distributed, or gzipped), how well the heatmaps of --explainer point at the radiologists'
 boxes on the split's images, beside Wang et al. 2017. Without --explainer the default explainer is used, or
 gradcam where the model's family does not support it; an --explainer that cannot explain the model is an error.
-A report written to <model>/evaluation is what the model card and push_to_hub.py pick up.
+A report written to <model>/evaluation is what the model card and push_to_hub.py pick up. --backend onnx evaluates
+an export folder of scripts/export_onnx.py run by ONNX Runtime (fp32 or int8), through the same preprocessing and
+report; no localization there (heatmaps need gradients) and no calibration before/after.
 
 The model folder is left untouched; --save_thresholds also stores the thresholds in its
 config.json (key cxr_vit_thresholds), where scripts/predict.py and app.py read them (for a Hub id, an updated
@@ -47,6 +49,7 @@ from cxr_vit.evaluation import (
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, resolve_explainer
 from cxr_vit.evaluation.localization import read_bbox_csv
 from cxr_vit.markdown import format_ci
+from cxr_vit.onnx_model import NO_GRADIENTS
 from cxr_vit.prediction import ModelLoadError
 from cxr_vit.public_names import model_reference
 
@@ -84,7 +87,10 @@ def section_summary(report: dict, split: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_arguments(
-        parser, ensemble="heatmaps and the calibration's before/after are the first model's", space_separated=True
+        parser,
+        ensemble="heatmaps and the calibration's before/after are the first model's",
+        space_separated=True,
+        backend=True,
     )
     add_dataset_arguments(parser, "test", "The split to report on (default: test).")
     parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
@@ -120,13 +126,15 @@ def main(argv: list[str] | None = None) -> int:
         )
     names, args.model = args.model, args.model[0]
 
+    if args.bbox_csv and args.backend == "onnx":
+        parser.error(f"--bbox_csv scores heatmaps: {NO_GRADIENTS}")
     if args.explainer and not args.bbox_csv:
         parser.error("--explainer draws the heatmaps scored against --bbox_csv: give --bbox_csv too")
 
     try:
         boxes = read_bbox_csv(args.bbox_csv) if args.bbox_csv else None  # a bad file fails before any inference
-        model = load_model(args.model)
-        ensemble = [load_model(name) for name in names[1:]]
+        model = load_model(args.model, args.backend)
+        ensemble = [load_model(name, args.backend) for name in names[1:]]
         if boxes is not None:
             resolve_explainer(model, args.explainer)  # an explainer that cannot explain the model, likewise
         dataset = load_chestxray14(args.dataset_name, args.dataset_config_name, args.split_seed)

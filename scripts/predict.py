@@ -1,14 +1,18 @@
 """Predict the 15 NIH labels for X-ray image files and folders, optionally with heatmaps.
 
     python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/] \
-        [--explainer grad_rollout|gradcam|rollout]
+        [--explainer grad_rollout|gradcam|rollout] [--num_workers 2] [--resume]
+    python scripts/predict.py --backend onnx --model outputs/quickstart_onnx xrays/ --output preds.csv
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
 `positives`, the labels at or above the per-label thresholds: --thresholds (a thresholds.json of
 scripts/evaluate.py), else those evaluate.py --save_thresholds stored in the model's config.json, else 0.5 (the
 script says which). Unreadable files are named and skipped. Predictions go through the same preprocessing and
-precision as the Trainer's evaluation and the evaluation report. Heatmaps come from the explainer registry that
+precision as the Trainer's evaluation and the evaluation report; --backend onnx runs the model of an export folder
+(scripts/export_onnx.py) with ONNX Runtime instead, same preprocessing and thresholds, no heatmaps (they need
+gradients). Rows are written as images are done (--num_workers processes decode them), so a killed run keeps what
+it wrote and --resume skips the files already in the CSV. Heatmaps come from the explainer registry that
 evaluate.py --bbox_csv scores: --explainer, else the default, else gradcam where the model's family needs it; an
 --explainer that cannot explain the model is an error.
 
@@ -24,20 +28,23 @@ from cxr_vit.cli import add_model_arguments, add_runtime_arguments, check_runtim
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import (
     ModelLoadError,
+    PredictionsCSV,
     Predictor,
     UnreadableImageError,
     find_images,
     heatmap_file_name,
     predict_files,
-    predictions_frame,
 )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", metavar="PATH", help="Image files and/or folders.")
-    add_model_arguments(parser, ensemble="heatmaps and stored thresholds are the first model's")
+    add_model_arguments(parser, ensemble="heatmaps and stored thresholds are the first model's", backend=True)
     parser.add_argument("--output", required=True, help="CSV file to write.")
+    parser.add_argument(
+        "--resume", action="store_true", help="Keep the rows already in --output and predict only the other files."
+    )
     parser.add_argument("--heatmaps", metavar="DIR", help="Write a heatmap overlay PNG per image here.")
     parser.add_argument(
         "--explainer",
@@ -65,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
             explainer=args.explainer,
             tta=args.tta,
             ensemble=args.model[1:],
+            backend=args.backend,
         )
         if args.heatmaps and predictor.explainer is None:
             raise ExplainerError(f"--heatmaps: {predictor.explainer_source}")
-    except (FileNotFoundError, ModelLoadError, ExplainerError) as err:
+    except (FileNotFoundError, ModelLoadError, ExplainerError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not paths:
@@ -81,24 +89,32 @@ def main(argv: list[str] | None = None) -> int:
     heatmap_dir = Path(args.heatmaps) if args.heatmaps else None
     if heatmap_dir:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
-    predictions, skipped, heatmap_paths, taken = [], [], [], set()
+    try:
+        csv = PredictionsCSV(args.output, heatmaps=heatmap_dir is not None, resume=args.resume)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    todo = [path for path in paths if str(path) not in csv.done]
+    if csv.done:
+        print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
+    written, skipped = 0, []
     top_k = args.heatmap_top_k if heatmap_dir else 0
-    for result in predict_files(predictor, paths, args.batch_size, top_k, args.num_workers):
-        if isinstance(result, UnreadableImageError):
-            skipped.append(str(result))
-            continue
-        if heatmap_dir:
-            heatmap_path = heatmap_dir / heatmap_file_name(result.path, taken)
-            result.heatmap.save(heatmap_path)
-            heatmap_paths.append(str(heatmap_path))
-        predictions.append(result)
-
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    predictions_frame(predictions, heatmap_paths if heatmap_dir else None).to_csv(
-        output, index=False, float_format="%.6f"
+    with csv:
+        for result in predict_files(predictor, todo, args.batch_size, top_k, args.num_workers):
+            if isinstance(result, UnreadableImageError):
+                skipped.append(str(result))
+                continue
+            heatmap_path = None
+            if heatmap_dir:
+                heatmap_path = str(heatmap_dir / heatmap_file_name(result.path, csv.taken))
+                result.heatmap.save(heatmap_path)
+            csv.write(result, heatmap_path)
+            written += 1
+    print(
+        f"wrote {written} predictions to {args.output}"
+        + (f" ({len(paths) - len(todo)} already there)" if csv.done else "")
+        + (f", heatmaps in {heatmap_dir}" if heatmap_dir else "")
     )
-    print(f"wrote {len(predictions)} predictions to {output}" + (f", heatmaps in {heatmap_dir}" if heatmap_dir else ""))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
         return 1

@@ -139,3 +139,27 @@ def test_training_flops_grow_faster_than_the_pixels():
     flops = measure_train_flops("vit_tiny_patch16_224", [224, 448])
     assert flops["224"]["relative"] == 1.0 and 4.0 < flops["448"]["relative"] < 8.0
     assert 3.0 < flops["224"]["gflop"] < 10.0  # ViT-Ti/16: ~1.1 GMAC forward, x2 FLOP/MAC, x3 with backward
+
+
+def test_inference_benchmark_tiny(tmp_path):
+    """scripts/benchmark.py --inference's measurements on a tiny ViT: every backend and the end-to-end rows."""
+    from cxr_vit.benchmarks.inference import (
+        InferenceBenchmarkArguments,
+        format_inference_table,
+        run_inference_benchmark,
+    )
+
+    names = str(REPO / "data" / "nih_mini" / "sample_labels.csv")
+    bench = BenchmarkArguments(model_name="vit_tiny_patch16_224", image_size=32, synthetic_size=128, names_csv=names,
+                               work_dir=str(tmp_path))  # fmt: skip
+    args = InferenceBenchmarkArguments(inference=True, inference_batch_sizes="1,4", inference_seconds=0.2,
+                                       inference_rounds=1, inference_compile=False, inference_e2e_images=4)  # fmt: skip
+    results = run_inference_benchmark(bench, args)
+    assert set(results["throughput"]) == {1, 4}
+    assert all(rate > 0 for rates in results["throughput"].values() for rate in rates.values())
+    assert set(results["throughput"][4]) == {"eager", "ort_fp32", "ort_int8"}
+    assert results["exports"]["ort_fp32"]["fp32_check"]["max_abs_logit_diff"] <= 1e-4
+    assert {"ort_fp32", "ort_int8", "eager"} == set(results["profile"]["share_of_time"])
+    assert results["end_to_end"]["images"] == 4 and results["end_to_end"]["ort_int8_img_per_s"] > 0
+    table = format_inference_table(json.loads(json.dumps(results)))  # as read back from the JSON
+    assert "| ONNX Runtime int8 (dynamic) |" in table and "decode only, one core" in table

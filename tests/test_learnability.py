@@ -123,6 +123,23 @@ def test_bf16_autocast_keeps_the_headline_within_1e_3_of_fp32(learned):
     assert headline["bf16"] == pytest.approx(headline["fp32"], abs=1e-3), headline
 
 
+def test_int8_onnx_changes_the_macro_auc_by_at_most_0_01(learned, tmp_path):
+    """ONNX Runtime's dynamic int8 export of the planted-signal model, through the same inference path."""
+    from cxr_vit.inference import Classifier
+    from cxr_vit.onnx_export import export_onnx
+    from cxr_vit.onnx_model import OnnxModel
+    from cxr_vit.prediction import load_model
+
+    record = export_onnx(learned, tmp_path / "int8", quantize="int8")
+    assert record["quantize"] == "int8" and record["int8_check"]["max_abs_logit_diff"] > 0  # really quantized
+    test = datasets.load_dataset(str(learned.parent / "prepared"), split="test")
+    headline = {}
+    for name, model in (("fp32", load_model(learned)), ("int8", OnnxModel(tmp_path / "int8"))):
+        probabilities, targets = Classifier(model, device="cpu").predict_dataset(test, progress=False)
+        headline[name] = label_scores(probabilities, targets).macro()
+    assert headline["fp32"] >= MACRO_FLOOR and abs(headline["int8"] - headline["fp32"]) <= 0.01, headline
+
+
 def test_the_datasets_pipeline_learns_as_well(tmp_path):
     aucs = split_aucs(prepare_and_train(tmp_path, "datasets"))
     assert min(aucs[label] for label in FINDINGS) >= FINDING_FLOOR, aucs

@@ -7,19 +7,22 @@ import argparse
 from .data import DEFAULT_SPLIT_SEED
 from .data.gpu_augment import EVAL_VIEWS
 from .inference import PRECISIONS
+from .onnx_model import BACKENDS
 from .public_names import DatasetReference, dataset_reference
 
 
 def add_model_arguments(
-    parser: argparse.ArgumentParser, ensemble: str | None = None, space_separated: bool = False
+    parser: argparse.ArgumentParser, ensemble: str | None = None, space_separated: bool = False, backend: bool = False
 ) -> None:
-    """``--model`` (one; several for an ensemble when ``ensemble`` says what the first model is used for) and,
-    with an ensemble, ``--tta``.
+    """``--model`` (one; several for an ensemble when ``ensemble`` says what the first model is used for), with an
+    ensemble ``--tta``, and with ``backend`` ``--backend``.
 
     An ensemble's models are given by repeating ``--model``, and with ``space_separated`` also as ``--model A B``
     (and both mixed), as most command lines take lists; a script whose positional arguments would be swallowed
     by that form (predict.py's files) takes the repeated form only.
     """
+    if backend:
+        add_backend_argument(parser)
     if ensemble is None:
         parser.add_argument("--model", required=True, help="A cxr-vit model folder or Hub id (only read).")
         return
@@ -33,6 +36,17 @@ def add_model_arguments(
     )
     parser.add_argument(
         "--tta", type=int, default=1, help=f"Fixed views averaged per image: 1 (the centre crop) to {EVAL_VIEWS}."
+    )
+
+
+def add_backend_argument(parser: argparse.ArgumentParser) -> None:
+    """``--backend torch|onnx``: what runs the model; the preprocessing, thresholds and report are the same."""
+    parser.add_argument(
+        "--backend",
+        default="torch",
+        choices=BACKENDS,
+        help="torch: the model folder in PyTorch; onnx: --model is a folder of scripts/export_onnx.py, run by ONNX "
+        "Runtime on the CPU (no heatmaps: they need gradients).",
     )
 
 

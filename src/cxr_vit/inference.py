@@ -13,6 +13,10 @@ per image, then :meth:`BatchImageTransform.eval_batch` per batch. One precision 
 Test-time augmentation (``tta``) averages the probabilities of fixed views of each image: its centre crop, then
 the four corner crops of the square it is cut from (five at most, deterministic). :class:`Ensemble` averages the
 probabilities of several models, each with its own preprocessing.
+
+Two backends run the model: PyTorch (a ``TimmWrapperForImageClassification``) and ONNX Runtime (an
+:class:`cxr_vit.onnx_model.OnnxModel`, an export of the same forward, fp32 or int8, on the CPU). Only the forward
+differs; the preprocessing, the averaging and everything downstream are the same code.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from transformers import TimmWrapperForImageClassification
 from .data.gpu_augment import EVAL_VIEWS, BatchImageTransform
 from .data.transforms import ModelImages, collate_images, eval_geometry, resize_for_model
 from .modeling import data_config
+from .onnx_model import OnnxModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -68,9 +73,11 @@ class Classifier:
     """A model with its preprocessing and precision: X-rays in, probabilities in canonical label order out.
 
     Args:
-        model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels).
-        device: where to run; default CUDA when available.
-        precision: ``auto`` (bf16 autocast where the GPU has it natively, else fp32), ``fp32`` or ``bf16``.
+        model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels), or its ONNX export
+            (:class:`cxr_vit.onnx_model.OnnxModel`, which runs on the CPU).
+        device: where to run; default CUDA when available (the CPU for an ONNX model).
+        precision: ``auto`` (bf16 autocast where the GPU has it natively, else fp32), ``fp32`` or ``bf16``
+            (an ONNX model computes what its graph holds: ``auto`` or ``fp32``).
         tta: views averaged per image: 1 = the centre crop (timm's eval transform); up to 5 adds the corners.
     """
 
@@ -84,8 +91,14 @@ class Classifier:
         if not 1 <= tta <= EVAL_VIEWS:
             raise ValueError(f"tta must be 1 (the centre crop only) to {EVAL_VIEWS} (centre and 4 corners), got {tta}")
         self.tta = tta
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = model.eval().to(self.device)
+        self.onnx = isinstance(model, OnnxModel)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and not self.onnx else "cpu"))
+        if self.onnx and (self.device.type != "cpu" or precision == "bf16"):
+            raise ValueError(
+                f"the onnx backend runs its graph as exported on the CPU: got device {self.device}, precision "
+                f"{precision!r} (use --device cpu and --precision auto/fp32, or --backend torch)"
+            )
+        self.model = model if self.onnx else model.eval().to(self.device)
         config = data_config(model)
         self.geometry = eval_geometry(config)
         self.batch_transform = BatchImageTransform(config)
@@ -103,7 +116,16 @@ class Classifier:
     @torch.no_grad()
     def logits(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:
         """float32 logits ``(B, 15)`` of one view, on the device."""
+        if self.onnx:
+            return self.model.logits(self.inputs(squares, view))
         return forward_logits(self.model, self.inputs(squares, view), self.dtype)
+
+    @property
+    def runtime(self) -> str:
+        """What computes the logits, for reports: the precision on torch, the graph on ONNX Runtime."""
+        if self.onnx:
+            return self.model.description
+        return "bf16 autocast, fp32 head" if self.precision == "bf16" else "fp32"
 
     def probabilities(self, squares: torch.Tensor) -> np.ndarray:
         """Sigmoid probabilities ``(B, 15)``, averaged over the ``tta`` views, as float64 numpy."""

@@ -31,6 +31,7 @@ from .data.transforms import model_view
 from .evaluation.explainers import ExplainerError, get_explainer, resolve_explainer
 from .evaluation.heatmaps import heatmap_panel
 from .inference import Classifier, Ensemble
+from .onnx_model import BACKENDS, NO_GRADIENTS, OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,30 @@ def read_image(path: str | os.PathLike) -> Image.Image:
         raise UnreadableImageError(str(err)) from err
 
 
-def load_model(name_or_path: str | os.PathLike) -> TimmWrapperForImageClassification:
-    """``AutoModelForImageClassification.from_pretrained`` plus a check that it has the 15 labels in our order."""
+def load_model(
+    name_or_path: str | os.PathLike, backend: str = "torch"
+) -> TimmWrapperForImageClassification | OnnxModel:
+    """``AutoModelForImageClassification.from_pretrained`` plus a check that it has the 15 labels in our order.
+
+    ``backend="onnx"``: the folder is an export of ``scripts/export_onnx.py``, run by ONNX Runtime
+    (:class:`cxr_vit.onnx_model.OnnxModel`).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     name = str(name_or_path)
-    if not Path(name).is_dir() and (Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1):
+    if not Path(name).is_dir() and (
+        backend == "onnx" or Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
+    ):
         raise ModelLoadError(f"{name}: no such model folder")  # not a Hub id either: say so, not "bad repo id"
     try:
-        model = AutoModelForImageClassification.from_pretrained(name_or_path)
+        model = OnnxModel(name) if backend == "onnx" else AutoModelForImageClassification.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the model {str(name_or_path)!r}: {err}") from err
     labels = [model.config.id2label.get(i) for i in range(model.config.num_labels)]
+    if backend == "onnx":
+        if labels != list(LABELS):
+            raise ModelLoadError(f"{name}: the export's config.json has labels {labels}, not the 15 NIH labels")
+        return model
     if labels != list(LABELS) or not hasattr(model, "timm_model"):
         raise ModelLoadError(
             f"{str(name_or_path)!r} is not a cxr-vit model: expected a timm_wrapper model with the 15 NIH labels "
@@ -146,7 +161,7 @@ class Predictor:
     """A model in the one inference path, with its thresholds: images in, probabilities, positives, heatmaps out.
 
     Args:
-        model: a loaded cxr-vit model (:func:`load_model`).
+        model: a loaded cxr-vit model (:func:`load_model`), PyTorch or ONNX (no heatmaps: they need gradients).
         device / precision / tta: see :class:`cxr_vit.inference.Classifier`.
         ensemble: more loaded models whose probabilities are averaged with ``model``'s
             (:class:`cxr_vit.inference.Ensemble`); heatmaps stay ``model``'s.
@@ -160,13 +175,13 @@ class Predictor:
 
     def __init__(
         self,
-        model: TimmWrapperForImageClassification,
+        model: TimmWrapperForImageClassification | OnnxModel,
         device: str | torch.device | None = None,
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
         explainer: str | None = None,
         tta: int = 1,
-        ensemble: Sequence[TimmWrapperForImageClassification] = (),
+        ensemble: Sequence[TimmWrapperForImageClassification | OnnxModel] = (),
     ):
         self.classifier = Classifier(model, device=device, precision=precision, tta=tta)
         self.model, self.device = self.classifier.model, self.classifier.device
@@ -177,6 +192,8 @@ class Predictor:
         else:
             self.thresholds, self.thresholds_source = load_thresholds(model.config)
         try:
+            if self.classifier.onnx:
+                raise ExplainerError(NO_GRADIENTS)
             self.explainer, self.explainer_source = resolve_explainer(self.model, explainer)
         except ExplainerError as err:
             if explainer is not None:
@@ -193,9 +210,11 @@ class Predictor:
         explainer: str | None = None,
         tta: int = 1,
         ensemble: Sequence[str | os.PathLike] = (),
+        backend: str = "torch",
     ) -> Predictor:
-        """From a model folder or Hub id (and more of them for an ensemble)."""
-        model, others = load_model(name_or_path), [load_model(name) for name in ensemble]
+        """From a model folder or Hub id (and more of them for an ensemble); ``backend="onnx"``: export folders."""
+        model = load_model(name_or_path, backend)
+        others = [load_model(name, backend) for name in ensemble]
         return cls(model, device, precision, thresholds_file, explainer, tta=tta, ensemble=others)
 
     def positives(self, probabilities: np.ndarray) -> list[str]:
@@ -281,6 +300,61 @@ def predictions_frame(predictions: Sequence[Prediction], heatmap_paths: Sequence
     if heatmap_paths is not None:
         frame["heatmap"] = list(heatmap_paths)
     return frame
+
+
+class PredictionsCSV:
+    """The predictions CSV, written row by row as images are done (flushed), so a killed run keeps what it wrote.
+
+    ``resume=True`` reads back an existing file: the paths in it are ``done`` (``predict.py --resume`` skips them)
+    and its heatmap names stay taken; a last row cut off by the kill is dropped and predicted again. Without
+    ``resume`` the file is started anew.
+    """
+
+    def __init__(self, path: str | os.PathLike, heatmaps: bool = False, resume: bool = False):
+        self.path = Path(path)
+        self.columns = ["path", *LABELS, "positives", *(["heatmap"] if heatmaps else [])]
+        self.done: set[str] = set()
+        self.taken: set[str] = set()  # heatmap file names
+        if resume and self.path.is_file() and self.path.stat().st_size > 0:
+            self._read_back()
+            self.handle = self.path.open("a", newline="")
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.handle = self.path.open("w", newline="")
+            pd.DataFrame(columns=self.columns).to_csv(self.handle, index=False)
+            self.handle.flush()
+
+    def _read_back(self) -> None:
+        content = self.path.read_bytes()
+        if not content.endswith(b"\n"):  # the kill cut the last row: drop it
+            with self.path.open("r+b") as handle:
+                handle.truncate(content.rfind(b"\n") + 1)
+        try:
+            frame = pd.read_csv(self.path, dtype={"path": str, "heatmap": str}, keep_default_na=False)
+        except (ValueError, pd.errors.ParserError) as err:
+            raise ValueError(f"{self.path}: cannot resume from it, not a predictions CSV ({err})") from None
+        if list(frame.columns) != self.columns:
+            raise ValueError(
+                f"{self.path}: cannot resume, its columns are {list(frame.columns)}, this run writes {self.columns} "
+                "(the same --heatmaps choice is needed; or drop --resume to start anew)"
+            )
+        self.done = set(frame["path"])
+        if "heatmap" in frame:
+            self.taken = {Path(name).name for name in frame["heatmap"]}
+
+    def write(self, prediction: Prediction, heatmap_path: str | None = None) -> None:
+        frame = predictions_frame([prediction], None if heatmap_path is None else [heatmap_path])
+        frame.to_csv(self.handle, header=False, index=False, float_format="%.6f")
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+    def __enter__(self) -> PredictionsCSV:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def heatmap_file_name(path: str | os.PathLike, taken: set[str]) -> str:

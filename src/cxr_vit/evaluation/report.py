@@ -29,6 +29,7 @@ from ..inference import Classifier, Ensemble
 from ..markdown import format_ci, number, table
 from ..metrics import finite_or_none
 from ..modeling import timm_state_dict
+from ..onnx_model import OnnxModel
 from . import calibration
 from .bootstrap import bootstrap_report
 from .localization import localization_markdown as localization_table
@@ -64,6 +65,13 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def model_fingerprint(model) -> str:
+    """The weights' fingerprint; an ONNX export's is its file's (``onnx:<sha256>``), which no weights folder has."""
+    if isinstance(model, OnnxModel):
+        return model.fingerprint
+    return weights_fingerprint(timm_state_dict(model.state_dict()))
 
 
 def evaluate_model(
@@ -118,9 +126,9 @@ def evaluate_model(
         "labels": labels,
         "thresholds": thresholds,
         "threshold_rule": THRESHOLD_RULE,
-        "precision": "bf16 autocast, fp32 head" if classifier.precision == "bf16" else "fp32",
+        "precision": classifier.runtime,
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
-        "model_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
+        "model_fingerprint": model_fingerprint(model),
         "finetune": getattr(model.config, "cxr_vit_finetune", None),  # --finetune mode and trainable parameters
         "averaged": {
             "tta_views": tta,
@@ -170,7 +178,8 @@ def calibration_section(
     """
     section = {"model": calibration.calibration_report(probabilities, targets), "uncalibrated": None, "scaling": None}
     record = getattr(classifier.model.config, calibration.CALIBRATION_KEY, None)
-    if not record or not single_model:  # an ensemble's average has no single "before"
+    # an ensemble's average has no single "before"; an ONNX graph has no head to un-scale
+    if not record or not single_model or classifier.onnx:
         return section, None
     original = calibration.uncalibrated_model(classifier.model)
     before = Classifier(original, device=classifier.device, precision=classifier.precision, tta=classifier.tta)
