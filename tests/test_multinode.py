@@ -247,7 +247,7 @@ def test_fsdp_defaults_reach_the_accelerate_plugin_under_the_given_config(tmp_pa
     given = {"fsdp_state_dict_type": "FULL_STATE_DICT", "activation_checkpointing": True}
     if as_file:
         (tmp_path / "fsdp.json").write_text(json.dumps(given))
-    args = SimpleNamespace(fsdp=True, ema_decay=None, activation_checkpointing=False,
+    args = SimpleNamespace(fsdp=True, ema_decay=None, activation_checkpointing=False, gradient_checkpointing=False,
                            fsdp_config=str(tmp_path / "fsdp.json") if as_file else given)  # fmt: skip
     CXRTrainingArguments._resolve_fsdp(args, on_gpu=True)
     args.fsdp_plugin_args = TrainingArguments._process_fsdp_args(args)
@@ -323,7 +323,9 @@ def saved_activation_bytes_and_grads(checkpointing: bool) -> tuple[int, dict[str
     torch.manual_seed(0)
     model = create_model("vit_tiny_patch16_224", pretrained=False, image_size=64, model_kwargs={"depth": 4})
     if checkpointing:
-        model.activation_checkpointing_enable()  # what --gradient_checkpointing makes the Trainer call
+        # what --gradient_checkpointing makes the Trainer call (gradient_checkpointing_enable before transformers 5.2x)
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     model.train()
     pixels = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     saved = []
