@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import write_json_atomic
 from .archives import archives_fingerprint, find_archives
 from .nih import index_images, read_labels_csv
 
@@ -107,11 +108,7 @@ def read_record(folder: str | os.PathLike) -> dict[str, Any] | None:
 
 
 def write_record(folder: str | os.PathLike, record: dict[str, Any]) -> Path:
-    path = Path(folder) / PREPARE_RECORD
-    temporary = path.with_name(f"{PREPARE_RECORD}.tmp-{os.getpid()}")
-    temporary.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(temporary, path)  # the record marks a complete folder: never half of one
-    return path
+    return write_json_atomic(Path(folder) / PREPARE_RECORD, record)  # it marks a complete folder: never half
 
 
 def _short(entry: dict | None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import multilabel_confusion_matrix, roc_curve
 
+from ..atomic import write_json_atomic
 from ..constants import LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,4 @@ def store_thresholds(model_dir: str | os.PathLike, entries: dict) -> Path:
     path = Path(model_dir) / "config.json"
     config = json.loads(path.read_text())
     config.update(entries)
-    temporary = path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)  # never a half-written config.json
-    return path
+    return write_json_atomic(path, config, sort_keys=True)  # never a half-written config.json

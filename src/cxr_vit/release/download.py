@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from ..atomic import write_json_atomic
 from ..data.provenance import file_sha256
 from .files import MIRROR_ENV, ReleaseFile
 
@@ -76,9 +77,7 @@ class Manifest:
         stat = path.stat()
         with self._lock:
             self.entries[name] = {"size": stat.st_size, "sha256": sha256, "url": url, "mtime_ns": stat.st_mtime_ns}
-            temporary = self.path.with_name(self.path.name + PART_SUFFIX)
-            temporary.write_text(json.dumps(self.entries, indent=2, sort_keys=True) + "\n")
-            os.replace(temporary, self.path)
+            write_json_atomic(self.path, self.entries, sort_keys=True)
 
 
 def download_files(

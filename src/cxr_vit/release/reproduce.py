@@ -28,6 +28,7 @@ import timm
 import torch
 import yaml
 
+from ..atomic import write_json_atomic, write_text_atomic
 from ..constants import FINDINGS, NO_FINDING
 from ..data.builder import DEFAULT_SPLIT_SEED
 from ..data.nih import NIHDataError
@@ -83,13 +84,6 @@ def resolve_recipe(recipe: str, configs_dir: str | os.PathLike) -> Path:
 
 def _digest(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _write_json(path: Path, content: dict) -> None:
-    """Write then rename: a reader sees the old file or the whole new one, never half of one."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 class Reproduction:
@@ -197,12 +191,8 @@ class Reproduction:
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **details,
             }
-            _write_json(self.steps_dir / f"{step}.json", marker)
-        report = self.output_dir / REPORT_NAME
-        temporary = report.with_name(report.name + ".tmp")
-        temporary.write_text(self.report())
-        os.replace(temporary, report)
-        return report
+            write_json_atomic(self.steps_dir / f"{step}.json", marker)
+        return write_text_atomic(self.output_dir / REPORT_NAME, self.report())
 
     def download(self) -> dict:
         results = download_files(self.files_to_fetch(), self.data_dir, progress=True)
@@ -226,7 +216,7 @@ class Reproduction:
         same_run = started.is_file() and json.loads(started.read_text())["key"] == self.step_key("train")
         if not same_run and self.model_dir.exists():
             shutil.rmtree(self.model_dir)  # checkpoints of other inputs must not be resumed
-        _write_json(started, {"key": self.step_key("train")})
+        write_json_atomic(started, {"key": self.step_key("train")})
         options = self.prepare_options()
         launcher = [sys.executable]
         if self.args.gpus > 1:
