@@ -237,9 +237,9 @@ def test_failed_attempts_back_off_and_honour_retry_after(served, tmp_path):
     times = [entry["time"] for entry in server.log]
     gaps = [later - earlier for earlier, later in zip(times, times[1:], strict=False)]
     assert len(gaps) == 4
-    assert 1.0 <= gaps[0] < 1.4  # Retry-After: 1
-    assert 1.5 <= gaps[1] < 1.9  # Retry-After: 3600, bounded by max_wait
-    assert 0.2 <= gaps[2] < 0.4 <= gaps[3] < 0.6  # 0.05 s doubled at each retry: 0.2, 0.4
+    assert gaps[0] >= 1.0  # Retry-After: 1
+    assert 1.5 <= gaps[1] < 3  # Retry-After: 3600, bounded by max_wait
+    assert gaps[2] >= 0.2 and gaps[3] >= 0.4 and max(gaps[2:]) < 1.4  # 0.05 s doubled at each retry: 0.2, 0.4
     assert result.status == "fetched" and sha256(tmp_path / "out" / name) == sha256(served / name)
     with ReleaseServer(served) as server:  # a 404 is not retried
         files = release_files(url_list(tmp_path / "urls.txt", server, served, ["missing.txt"]))

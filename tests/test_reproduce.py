@@ -174,10 +174,10 @@ def test_a_killed_attempt_counts_in_the_steps_time(tmp_path):
     process.wait()
     clock = StepClock(path, "key", heartbeat_s=0.1)
     (killed,) = clock.earlier
-    assert 0.8 <= killed <= 1.3  # to its last heartbeat
+    assert 0.6 <= killed <= 1.6  # to its last heartbeat, 0.1 s apart (on a loaded machine, a little more)
     with clock:
         time.sleep(0.3)
-    assert clock.attempts_s[0] == killed and 0.3 <= clock.attempts_s[1] < 0.6
+    assert clock.attempts_s[0] == killed and 0.3 <= clock.attempts_s[1] < 1.0
     assert StepClock(path, "other key").earlier == []  # other inputs: their attempts are not this step's
 
 
