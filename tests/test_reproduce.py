@@ -195,4 +195,6 @@ def test_the_plan_prints_only_figures_this_package_measured_or_computed(tmp_path
     assert "time not estimated: this package has no measured training throughput" in lines["train"]
     assert "1 epochs x 77,872 training images (computed" in lines["train"]
     assert "computed: weights + AdamW state" in lines["train"]
+    assert lines["download"].endswith("disk not known before the files arrive (NIH publishes no sizes); the archives "
+                                      "stay packed; time network-bound, not estimated")  # fmt: skip
     assert "H200" not in plan and "2885" not in plan and "2,885" not in plan

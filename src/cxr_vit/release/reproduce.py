@@ -45,7 +45,7 @@ from .files import (
     LABELS_CSV,
     NUM_RELEASE_IMAGES,
     NUM_TRAIN_VAL_IMAGES,
-    RELEASE_GB,
+    RELEASE_FILES,
     TEST_LIST,
     TRAIN_VAL_LIST,
     release_files,
@@ -352,20 +352,20 @@ class Reproduction:
         epochs = self.recipe.get("num_train_epochs", 3)
         train_images = round((1 - VALIDATION_FRACTION) * NUM_TRAIN_VAL_IMAGES)
         disk = {
-            "download": f"{RELEASE_GB} GB (the archives stay packed)",
+            "download": self._download_disk(),
             "prepare": _gb(3 * PREPARED_BYTES_PER_IMAGE * NUM_RELEASE_IMAGES)
             + f" while building, a third of it after ({MEASURED_PREPARE}, at 256 px)",
             "train": _gb(self.checkpoint_bytes())
             + " of checkpoints (computed: weights + AdamW state, fp32, for the recipe's save_total_limit)",
-            "evaluate": "< 0.1 GB",
-            "calibrate": "one model folder",
+            "evaluate": "not measured (a report, its figures and thresholds)",
+            "calibrate": _gb(4 * self.parameter_count()) + " (computed: one fp32 model)",
         }
         processes = self.args.num_proc or 1
         estimate = {
             "download": "network-bound, not estimated",
             "prepare": _duration(NUM_RELEASE_IMAGES * PREPARE_CPU_S_PER_IMAGE / min(processes, 12))
-            + f" with {processes} process(es) on free cores, one per archive at most ({MEASURED_PREPARE}: "
-            f"{PREPARE_CPU_S_PER_IMAGE} CPU s per image)",
+            + f" with {processes} process(es) on free cores, one per archive at most (at the "
+            f"{PREPARE_CPU_S_PER_IMAGE} CPU s per image measured likewise)",
             "train": self._train_estimate(epochs, train_images),
             "evaluate": "not measured",
             "calibrate": "not measured",
@@ -394,16 +394,30 @@ class Reproduction:
             f"{THROUGHPUT_KEY}); early stopping may end sooner"
         )
 
+    def parameter_count(self) -> int:
+        """The recipe's model's parameters (built on the meta device: nothing is allocated)."""
+        with torch.device("meta"):
+            model = timm.create_model(
+                self.recipe.get("model_name", "vit_base_patch16_224"),
+                pretrained=False,
+                **(self.recipe.get("model_kwargs") or {}),
+            )
+        return sum(parameter.numel() for parameter in model.parameters())
+
     def checkpoint_bytes(self) -> float:
         """The checkpoints the recipe keeps (``save_total_limit``, 2 by default) and the final model: 12 bytes per
         parameter each (fp32 weights and AdamW's two moments), 4 for the final weights."""
-        model = timm.create_model(
-            self.recipe.get("model_name", "vit_base_patch16_224"),
-            pretrained=False,
-            **(self.recipe.get("model_kwargs") or {}),
-        )
-        parameters = sum(parameter.numel() for parameter in model.parameters())
-        return parameters * (12 * self.recipe.get("save_total_limit", 2) + 4)
+        return self.parameter_count() * (12 * self.recipe.get("save_total_limit", 2) + 4)
+
+    def _download_disk(self) -> str:
+        """The release's files already in ``data_dir`` (measured); NIH publishes no sizes, so none is printed for
+        files not there yet."""
+        present = [self.data_dir / entry.name for entry in RELEASE_FILES if (self.data_dir / entry.name).is_file()]
+        unknown = "not known before the files arrive (NIH publishes no sizes); the archives stay packed"
+        if not present:
+            return unknown
+        measured = _gb(sum(path.stat().st_size for path in present))
+        return f"{measured} measured in the {len(present)} file(s) already there; for the rest {unknown}"
 
     def _done_without_inputs(self, step: str) -> bool:
         try:
