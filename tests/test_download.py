@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import stat
@@ -172,6 +173,15 @@ def test_a_cut_archive_sent_without_a_length_is_not_taken_as_complete(large, tmp
         (result,) = download_files(files, tmp_path / "out", retries=0, progress=False)
     assert result.status == "resumed" and server.requests[-1] == (name, "bytes=1500000-")
     assert sha256(tmp_path / "out" / name) == sha256(large / name)
+
+
+def test_a_file_whose_completeness_cannot_be_checked_says_so(served, tmp_path, caplog):
+    name = MINI_FULL_CSV.name  # not gzip, no length sent, no size or digest listed
+    with ReleaseServer(served, lengths=False) as server:
+        files = release_files(url_list(tmp_path / "urls.txt", server, served, [name]))
+        with caplog.at_level(logging.WARNING, logger="cxr_vit.release.download"):
+            download_files(files, tmp_path / "out", progress=False)
+    assert f"{name}: neither its length nor its digest is known: taken as complete as received" in caplog.text
 
 
 def test_a_corrupt_archive_is_refused_without_a_known_digest(served, tmp_path):

@@ -200,6 +200,10 @@ def _fetch(entry: ReleaseFile, output_dir: Path, manifest: Manifest, options: _O
             sha256, gzip_problem = _digest(part, entry.is_archive)
             if gzip_problem == _GZIP_CUT and not length_known:
                 raise _Retry(f"the connection closed after {part.stat().st_size} bytes, before the gzip stream's end")
+            if not (length_known or entry.is_archive or entry.sha256 or recorded):
+                logger.warning(
+                    "%s: neither its length nor its digest is known: taken as complete as received", entry.name
+                )
             break
         except _Restart as err:
             if restarted:
