@@ -36,7 +36,10 @@ class DownloadArguments:
     )
     only: list[str] | None = field(default=None, metadata={"help": "Fetch only these file names."})
     workers: int = field(default=4, metadata={"help": "Files fetched at a time."})
-    retries: int = field(default=3, metadata={"help": "Resumes after a dropped connection, per file."})
+    retries: int = field(
+        default=3,
+        metadata={"help": "Retries per file after a failed attempt (1, 2, 4 ... s apart, or as Retry-After asks)."},
+    )
     verify: bool = field(default=False, metadata={"help": "Hash files already present again (else size/mtime)."})
     kaggle: bool = field(default=False, metadata={"help": "Use the Kaggle CLI (nih-chest-xrays/data) instead."})
 

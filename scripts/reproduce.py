@@ -1,16 +1,17 @@
 """From nothing to the official-test figure: download -> prepare -> train -> evaluate -> calibrate, and
 reproduction.md with our macro AUROC (patient-bootstrap CI) beside the published ones.
 
-    # the plan, the disk each step needs and the time estimated from measured throughputs
+    # the plan and the disk each step needs, with only figures this package measured or computed (it says which)
     python scripts/reproduce.py --data_dir data/nih --recipe official_vit_base --gpus 4 --dry_run
 
     # the whole chain (fetches what data/nih lacks; --urls FILE or CXR_VIT_NIH_MIRROR for the CSV and lists)
     python scripts/reproduce.py --data_dir data/nih --recipe official_vit_base --gpus 4 --urls nih_urls.txt
 
-Each step is skipped when its output is complete and made from the current inputs, so running the same command
-after an interruption (Ctrl-C, a killed job, a lost node) continues from the last complete step; training
-resumes from its newest complete checkpoint. Writes to --output_dir (default outputs/reproduce_<recipe>):
-prepared/, model/, evaluation/, calibrated/, steps/*.json (one per finished step) and reproduction.md.
+Each step is skipped when its output is complete and made from the current inputs and package version, so
+running the same command after an interruption (Ctrl-C, a killed job, a lost node) continues from the last
+complete step; training resumes from its newest complete checkpoint. A step's time counts its killed
+attempts. Writes to --output_dir (default outputs/reproduce_<recipe>): prepared/, model/, evaluation/,
+calibrated/, steps/*.json (one per finished step) and reproduction.md.
 """
 
 import logging

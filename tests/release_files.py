@@ -2,15 +2,23 @@
 
 ``mini_release`` lays the mini set out as the release: its PNGs in ``images_001.tar.gz`` ... (members
 ``images/NNNNNNNN_NNN.png``), the label CSV, the box list and split lists. ``ReleaseServer`` serves a folder over
-HTTP on 127.0.0.1 with Range requests (206), and can be told to cut a file's response off after some bytes, as a
-dropped connection does.
+HTTP on 127.0.0.1 with Range requests (206) and validators (ETag, Last-Modified, If-Range), and can be told to
+cut a file's response off after some bytes (a clean close, or a TCP reset), to leave out Content-Length, to ignore
+Range, or to answer with an error status and Retry-After.
 """
 
 from __future__ import annotations
 
+import email.utils
+import fcntl
+import hashlib
 import http.server
 import re
+import socket
+import struct
+import termios
 import threading
+import time
 from pathlib import Path
 
 from cxr_vit.data.archives import write_archives
@@ -29,14 +37,35 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self._serve(body=True)
 
     def _serve(self, body: bool):
-        path = self.server.root / self.path.lstrip("/").split("?")[0]
+        name = self.path.lstrip("/").split("?")[0]
+        path = self.server.root / name
+        if body:
+            with self.server.lock:
+                self.server.log.append(
+                    {"name": name, "range": self.headers.get("Range"), "if_range": self.headers.get("If-Range"),
+                     "time": time.monotonic()}
+                )  # fmt: skip
+                failures = self.server.fail.get(name)
+                failure = failures.pop(0) if failures else None
+            if failure is not None:
+                code, retry_after = failure
+                self.send_response(code)
+                if retry_after is not None:
+                    self.send_header("Retry-After", retry_after)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
         if not path.is_file():
             self.send_error(404)
             return
         data = path.read_bytes()
+        etag = f'"{hashlib.sha256(data).hexdigest()[:16]}"'
+        modified = email.utils.formatdate(path.stat().st_mtime, usegmt=True)
         start, status = 0, 200
         match = re.fullmatch(r"bytes=(\d+)-", self.headers.get("Range", ""))
-        if match and self.server.ranges:
+        # If-Range: the range is served only while the file is the one the client's bytes came from (RFC 9110)
+        current = self.headers.get("If-Range") in (None, etag, modified)
+        if match and self.server.ranges and current:
             start, status = int(match.group(1)), 206
             if start >= len(data):
                 self.send_response(416)
@@ -45,8 +74,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.end_headers()
                 return
         self.send_response(status)
-        self.send_header("Content-Length", str(len(data) - start))
+        if self.server.lengths:
+            self.send_header("Content-Length", str(len(data) - start))
         self.send_header("Accept-Ranges", "bytes" if self.server.ranges else "none")
+        self.send_header("ETag", etag)
+        self.send_header("Last-Modified", modified)
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.end_headers()
@@ -55,12 +87,33 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.requests.append((path.name, self.headers.get("Range")))
             cut = self.server.drop_after.pop(path.name, None)
+            reset = self.server.reset_every.get(path.name)
         payload = data[start:] if cut is None else data[start : start + cut]
+        if reset is not None:
+            payload = payload[:reset]
         self.wfile.write(payload)
         with self.server.lock:
             self.server.bytes_sent[path.name] = self.server.bytes_sent.get(path.name, 0) + len(payload)
-        if cut is not None:
+        if reset is not None and start + len(payload) < len(data):
+            self._reset()
+        elif cut is not None:
             self.close_connection = True  # the client sees fewer bytes than Content-Length
+
+    def _reset(self):
+        """End the connection with a TCP reset (RST), as a dropped link or a killed proxy does, once the client's
+        side has every byte sent (a reset discards what is still in the sender's queue)."""
+        sock = self.connection
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            unsent = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+            if unsent == 0:
+                break
+            time.sleep(0.002)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.rfile.close()
+        self.wfile.close()
+        sock.close()
+        self.close_connection = True
 
 
 class _Server(http.server.ThreadingHTTPServer):
@@ -68,28 +121,31 @@ class _Server(http.server.ThreadingHTTPServer):
 
 
 class ReleaseServer:
-    """``with ReleaseServer(folder) as server:`` files at ``server.url(name)``; ``drop_after[name] = n`` cuts the
-    next response for that file after n bytes; ``bytes_sent`` and ``requests`` record what was served."""
+    """``with ReleaseServer(folder) as server:`` files at ``server.url(name)``, with ETag / Last-Modified and
+    Range / If-Range. ``ranges=False``: Range ignored; ``lengths=False``: no Content-Length (the body ends when
+    the connection closes). ``drop_after[name] = n`` cuts the next response for that file after n bytes (a clean
+    close); ``reset_every[name] = n`` ends every response for it after n bytes with a TCP reset;
+    ``fail[name] = [(status, retry_after), ...]`` answers the next requests with those statuses. ``bytes_sent``,
+    ``requests`` and ``log`` (each GET's name, Range, If-Range and monotonic time) record what was asked and sent."""
 
-    def __init__(self, root: Path, ranges: bool = True):
+    def __init__(self, root: Path, ranges: bool = True, lengths: bool = True):
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.root = Path(root)
         self._server.ranges = ranges
+        self._server.lengths = lengths
         self._server.lock = threading.Lock()
-        self._server.drop_after = {}
-        self._server.bytes_sent = {}
-        self._server.requests = []
-        self.drop_after, self.bytes_sent, self.requests = (
-            self._server.drop_after,
-            self._server.bytes_sent,
-            self._server.requests,
-        )
+        self.drop_after = self._server.drop_after = {}
+        self.reset_every = self._server.reset_every = {}
+        self.fail = self._server.fail = {}
+        self.bytes_sent = self._server.bytes_sent = {}
+        self.requests = self._server.requests = []
+        self.log = self._server.log = []
 
     def url(self, name: str) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}/{name}"
 
     def __enter__(self) -> ReleaseServer:
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
         return self
 
     def __exit__(self, *exc):

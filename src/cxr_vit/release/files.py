@@ -22,6 +22,7 @@ URLS_ENV = "CXR_VIT_NIH_URLS"  # a URL list file, as --urls
 RELEASE_HOME = "https://nihcc.app.box.com/v/ChestXray-NIHCC"
 RELEASE_GB = 45  # the 12 archives, about 45 GB in all (sizes per archive are not published)
 NUM_RELEASE_IMAGES = 112_120
+NUM_TRAIN_VAL_IMAGES = 86_524  # lines of train_val_list.txt (the rest, 25,596, are test_list.txt)
 
 
 @dataclass(frozen=True)

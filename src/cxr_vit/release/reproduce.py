@@ -2,11 +2,14 @@
 ``reproduction.md`` with our macro AUROC beside the published ones.
 
 Each step writes ``steps/<step>.json`` (atomically, only once its output is complete) holding a key: a digest of
-its inputs and of the steps before it. A step whose marker holds the current key is skipped, so a run killed at
-any point continues from the last complete step when started again; an interrupted training resumes from its
-newest complete checkpoint (``--resume_from_checkpoint auto``), and a changed input redoes its step and those
-after it. The steps run the project's scripts (training under ``accelerate launch`` on several GPUs), so a
-reproduction is exactly what a user running them by hand would get.
+its inputs, of the package version and of the steps before it. A step whose marker holds the current key is
+skipped, so a run killed at any point continues from the last complete step when started again; an interrupted
+training resumes from its newest complete checkpoint (``--resume_from_checkpoint auto``), and a changed input or
+a new version of the package redoes its step and those after it. While a step runs, ``steps/<step>.attempts.json``
+records when each attempt started and was last seen running, so a step's time includes its killed attempts. The
+steps run the project's scripts (training under ``accelerate launch`` on several GPUs), so a reproduction is
+exactly what a user running them by hand would get. ``reproduction.md`` states the protocol as the run's own
+files record it (``run_args.yaml``, ``trainer_state.json``, ``prepare.json``), not as the recipe intended.
 """
 
 from __future__ import annotations
@@ -18,25 +21,35 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 import yaml
 
+from .. import __version__
 from ..atomic import write_json_atomic, write_text_atomic
 from ..constants import FINDINGS, NO_FINDING
 from ..data.builder import DEFAULT_SPLIT_SEED
 from ..data.nih import NIHDataError
 from ..data.prepare import ensure_prepared
-from ..data.provenance import prepare_record
+from ..data.provenance import PREPARE_RECORD, prepare_record
 from ..markdown import format_ci, table
+from ..step_clock import HEARTBEAT_S, StepClock
 from .download import download_files
-from .files import LABELS_CSV, NUM_RELEASE_IMAGES, RELEASE_GB, TEST_LIST, TRAIN_VAL_LIST, release_files
+from .files import (
+    LABELS_CSV,
+    NUM_RELEASE_IMAGES,
+    NUM_TRAIN_VAL_IMAGES,
+    RELEASE_FILES,
+    TEST_LIST,
+    TRAIN_VAL_LIST,
+    release_files,
+)
 from .published import PUBLISHED
 
 logger = logging.getLogger(__name__)
@@ -45,13 +58,14 @@ STEPS = ("download", "prepare", "train", "evaluate", "calibrate")
 GPU_STEPS = ("train", "evaluate", "calibrate")
 REPORT_NAME = "reproduction.md"
 KAGGLE_LABELS_CSV = "Data_Entry_2017.csv"
-# Measured figures the --dry_run estimate rests on. Prepare from archives to 256 px, synthesized 1024 px 8-bit PNGs of
-# ~550 KB (scripts/benchmark_archive_prepare.py, docs/data.md; 2-core AMD EPYC KVM guest, no GPU): CPU seconds per
-# image and prepared Parquet bytes per image.
+VALIDATION_FRACTION = 0.1  # of train_val_list.txt's patients, the preparation's default
+# What this package measured, that the --dry_run estimate rests on: prepare from archives to 256 px, synthesized
+# 1024 px 8-bit PNGs of ~550 KB (scripts/benchmark_archive_prepare.py, docs/data.md; 2-core AMD EPYC KVM guest,
+# no GPU): CPU seconds per image and prepared Parquet bytes per image.
 PREPARE_CPU_S_PER_IMAGE = 0.015
 PREPARED_BYTES_PER_IMAGE = 23_600
-# ViT-B/16 at 224, bf16, uint8 cache + GPU augmentation, torch.compile: one NVIDIA H200 (shared field notes).
-TRAIN_IMAGES_PER_S_PER_GPU = 2885
+MEASURED_PREPARE = "measured by scripts/benchmark_archive_prepare.py on a 2-core CPU with synthesized films"
+THROUGHPUT_KEY = "train_steady_images_per_second"  # what train.py measures of its own steps (train_results.json)
 
 
 @dataclass
@@ -65,7 +79,9 @@ class ReproduceArguments:
     )
     output_dir: str | None = field(default=None, metadata={"help": "Default: outputs/reproduce_<recipe>."})
     gpus: int = field(default=1, metadata={"help": "GPUs for training (accelerate launch --multi_gpu above 1)."})
-    dry_run: bool = field(default=False, metadata={"help": "Print the plan, disk and time estimates; run nothing."})
+    dry_run: bool = field(
+        default=False, metadata={"help": "Print the plan, disk and the times this package measured; run nothing."}
+    )
     urls: str | None = field(default=None, metadata={"help": "URL list for the download (see download_nih.py)."})
     num_proc: int | None = field(default=None, metadata={"help": "Processes that prepare (one per archive)."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Patient resamples for the confidence intervals."})
@@ -103,6 +119,7 @@ class Reproduction:
         self.evaluation_dir = self.output_dir / "evaluation"
         self.calibrated_dir = self.output_dir / "calibrated"
         self.keys: dict[str, str] = {}
+        self.earlier_attempts: list[float] = []  # seconds of the running step's stopped attempts
 
     # ---- inputs ------------------------------------------------------------------------------------
     @property
@@ -134,11 +151,16 @@ class Reproduction:
     def step_key(self, step: str) -> str:
         """The digest of what ``step`` depends on (the steps before it included)."""
         if step not in self.keys:
-            if step == "download":
-                key = _digest(sorted(entry.name for entry in self.files_to_fetch()))
+            if step == "download":  # the version here reaches every later key: new code redoes the steps
+                key = _digest(__version__, sorted(entry.name for entry in self.files_to_fetch()))
             elif step == "prepare":
                 options = self.prepare_options()
-                parameters = {**options, "validation_fraction": 0.1, "test_fraction": 0.1, "on_bad_image": "error"}
+                parameters = {
+                    **options,
+                    "validation_fraction": VALIDATION_FRACTION,
+                    "test_fraction": 0.1,
+                    "on_bad_image": "error",
+                }
                 record = prepare_record(
                     self.data_dir, self.labels_csv, parameters, options["train_val_list"], options["test_list"]
                 )
@@ -177,21 +199,25 @@ class Reproduction:
                 logger.info("%s: done before, skipped", step)
                 continue
             logger.info("%s: running", step)
-            started = time.perf_counter()
-            details = actions[step]()
-            wall = time.perf_counter() - started
+            clock = StepClock(self.steps_dir / f"{step}.attempts.json", self.step_key(step))
+            self.earlier_attempts = clock.earlier
+            with clock:
+                details = actions[step]()
             # GPUs used: training takes --gpus, evaluation and calibration one; 0 on a CPU-only machine
             gpus = min(self.args.gpus if step == "train" else 1, torch.cuda.device_count()) if step in GPU_STEPS else 0
+            wall = sum(clock.attempts_s)
             marker = {
                 "step": step,
                 "key": self.step_key(step),
-                "wall_s": round(wall, 1),
+                "wall_s": round(wall, 1),  # every attempt of this key: the killed ones (to their last sign of life)
+                "attempts_s": [round(seconds, 1) for seconds in clock.attempts_s],
                 "gpus": gpus,
                 "gpu_hours": round(wall * gpus / 3600, 3),
                 "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 **details,
             }
             write_json_atomic(self.steps_dir / f"{step}.json", marker)
+            clock.path.unlink(missing_ok=True)
         return write_text_atomic(self.output_dir / REPORT_NAME, self.report())
 
     def download(self) -> dict:
@@ -212,11 +238,9 @@ class Reproduction:
         return {"reused": report is None, "splits": None if report is None else report.split_rows}
 
     def train(self) -> dict:
-        started = self.steps_dir / "train.started.json"
-        same_run = started.is_file() and json.loads(started.read_text())["key"] == self.step_key("train")
+        same_run = bool(self.earlier_attempts)  # an attempt with these inputs was stopped: resume its checkpoints
         if not same_run and self.model_dir.exists():
             shutil.rmtree(self.model_dir)  # checkpoints of other inputs must not be resumed
-        write_json_atomic(started, {"key": self.step_key("train")})
         options = self.prepare_options()
         launcher = [sys.executable]
         if self.args.gpus > 1:
@@ -268,34 +292,43 @@ class Reproduction:
         evaluation = json.loads((self.evaluation_dir / "report.json").read_text())
         macro = evaluation["auc_macro"]
         markers = {step: self.marker(step) for step in STEPS}
+        protocol = read_protocol(self.model_dir, self.prepared)
         ours = f"**{format_ci(macro)}**"
-        rows = [["cxr-vit, this run (`" + self.recipe_path.name + "`)", ours, "this run", "best epoch on validation"]]
-        rows += [[p.model, p.macro_auroc, p.source, p.selection] for p in PUBLISHED]
+        rows = [
+            [f"cxr-vit, this run (`{self.recipe_path.name}`)", ours, protocol.resolution, protocol.epochs,
+             protocol.split, protocol.selection, "this run"]
+        ]  # fmt: skip
+        rows += [[p.model, p.macro_auroc, p.resolution, p.epochs, p.split, p.selection, p.source] for p in PUBLISHED]
         labels = evaluation["labels"]
         per_label = [
             [label, format_ci(v["auc"]), str(v["positives"])]
             for label, v in ((label, labels[label]) for label in (*FINDINGS, NO_FINDING))
         ]
         steps = [
-            [step, f"{m['wall_s'] / 60:.1f}", str(m["gpus"]), f"{m['gpu_hours']:.3f}", m["finished"]]
+            [step, f"{m['wall_s'] / 60:.1f}", str(len(m.get("attempts_s", [m["wall_s"]]))), str(m["gpus"]),
+             f"{m['gpu_hours']:.3f}", m["finished"]]
             for step, m in markers.items()
             if m is not None
-        ]
+        ]  # fmt: skip
         total = sum(m["wall_s"] for m in markers.values() if m)
         bootstrap = evaluation["bootstrap"]
+        columns = ["model", "macro AUROC (14 findings)", "input", "epochs", "split", "checkpoint selection", "source"]
         return "\n".join(
             [
                 "# Reproduction: NIH ChestX-ray14, official test list",
                 "",
-                f"Recipe `{self.recipe_path}`, data `{self.data_dir}`; {evaluation['num_images']} test images of "
-                f"{evaluation['num_patients']} patients. Macro AUROC over the 14 findings (No Finding apart), 95% "
-                f"interval from {bootstrap['n_resamples']} resamples of {bootstrap['unit']}s.",
+                f"Recipe `{self.recipe_path}`, data `{self.data_dir}`, cxr-vit {__version__}; "
+                f"{evaluation['num_images']} test images of {evaluation['num_patients']} patients. Macro AUROC over "
+                f"the 14 findings (No Finding apart), 95% interval from {bootstrap['n_resamples']} resamples of "
+                f"{bootstrap['unit']}s.",
                 "",
-                table(["model", "macro AUROC (14 findings)", "source", "checkpoint selection"], rows),
+                table(columns, rows),
                 "",
-                "The published figures chose their checkpoint on the test set, so they are optimistic; this run chose "
-                "it on the validation split carved out of train_val_list.txt and saw the test list once. Per-label "
-                "published tables are not transcribed here (see `cxr_vit.release.published`).",
+                "This run's row is read from its own files (`run_args.yaml`, `trainer_state.json`, `config.json` "
+                f"in `{self.model_dir}`, `prepare.json` in `{self.prepared}`); epochs are those run of those "
+                f"planned. {protocol.test_use}. The published rows are as their sources give them; those that "
+                "chose their checkpoint on the test set are optimistic. Per-label published tables are not "
+                "transcribed here (see `cxr_vit.release.published`).",
                 "",
                 "## Per label (this run)",
                 "",
@@ -303,9 +336,10 @@ class Reproduction:
                 "",
                 "## Time per step",
                 "",
-                table(["step", "wall time (min)", "GPUs", "GPU-hours", "finished (UTC)"], steps),
+                table(["step", "wall time (min)", "attempts", "GPUs", "GPU-hours", "finished (UTC)"], steps),
                 "",
-                f"Total wall time {total / 3600:.2f} h over the runs that did the steps. The calibrated model is in "
+                f"Total wall time {total / 3600:.2f} h over the runs that did the steps, killed attempts included "
+                f"(each to its last sign of life, noted every {HEARTBEAT_S:g} s). The calibrated model is in "
                 f"`{self.calibrated_dir}`; the full evaluation in `{self.evaluation_dir / 'report.md'}`.",
                 "",
             ]
@@ -313,25 +347,26 @@ class Reproduction:
 
     # ---- plan --------------------------------------------------------------------------------------
     def plan(self) -> str:
-        """What a run would do, the disk each step needs, and the time estimated from measured throughputs."""
+        """What a run would do, the disk each step needs and the time where this package measured what it rests
+        on; every figure says whether it was measured or computed."""
         epochs = self.recipe.get("num_train_epochs", 3)
-        train_images = 0.9 * 86_524  # train_val_list.txt less the 10% validation carve-out
+        train_images = round((1 - VALIDATION_FRACTION) * NUM_TRAIN_VAL_IMAGES)
         disk = {
-            "download": f"{RELEASE_GB} GB (the archives stay packed)",
+            "download": self._download_disk(),
             "prepare": _gb(3 * PREPARED_BYTES_PER_IMAGE * NUM_RELEASE_IMAGES)
-            + " while building (measured at 256 px), a third "
-            "of it after",
-            "train": _gb(self.checkpoint_bytes()) + " of checkpoints (weights + AdamW state, fp32)",
-            "evaluate": "< 0.1 GB",
-            "calibrate": "one model folder",
+            + f" while building, a third of it after ({MEASURED_PREPARE}, at 256 px)",
+            "train": _gb(self.checkpoint_bytes())
+            + " of checkpoints (computed: weights + AdamW state, fp32, for the recipe's save_total_limit)",
+            "evaluate": "not measured (a report, its figures and thresholds)",
+            "calibrate": _gb(4 * self.parameter_count()) + " (computed: one fp32 model)",
         }
+        processes = self.args.num_proc or 1
         estimate = {
             "download": "network-bound, not estimated",
-            "prepare": _duration(NUM_RELEASE_IMAGES * PREPARE_CPU_S_PER_IMAGE / min(self.args.num_proc or 1, 12))
-            + f" with {self.args.num_proc or 1} process(es) on free cores (one per archive at most)",
-            "train": _duration(epochs * train_images / (TRAIN_IMAGES_PER_S_PER_GPU * self.args.gpus))
-            + f" for {epochs} epochs on {self.args.gpus} GPU(s) at the {TRAIN_IMAGES_PER_S_PER_GPU} images/s per H200 "
-            "measured for ViT-B/16 at 224 px (other models, GPUs or resolutions differ; early stopping may end sooner)",
+            "prepare": _duration(NUM_RELEASE_IMAGES * PREPARE_CPU_S_PER_IMAGE / min(processes, 12))
+            + f" with {processes} process(es) on free cores, one per archive at most (at the "
+            f"{PREPARE_CPU_S_PER_IMAGE} CPU s per image measured likewise)",
+            "train": self._train_estimate(epochs, train_images),
             "evaluate": "not measured",
             "calibrate": "not measured",
         }
@@ -341,16 +376,48 @@ class Reproduction:
             lines.append(f"  {step:<9} {status:<13} disk {disk[step]}; time {estimate[step]}")
         return "\n".join(lines)
 
+    def _train_estimate(self, epochs: float, train_images: int) -> str:
+        """From this output folder's own measured training throughput when a run wrote one, else none."""
+        work = (
+            f"{epochs:g} epochs x {train_images:,} training images (computed: train_val_list.txt less the validation)"
+        )
+        results = self.model_dir / "train_results.json"
+        measured = json.loads(results.read_text()).get(THROUGHPUT_KEY) if results.is_file() else None
+        if not measured:
+            return (
+                f"not estimated: this package has no measured training throughput for this recipe on your GPUs "
+                f"(`python scripts/benchmark.py` measures one, {THROUGHPUT_KEY}); {work}"
+            )
+        return (
+            _duration(epochs * train_images / measured)
+            + f" for {work}, at the {measured:,.0f} images/s this folder's last training measured ({results}, "
+            f"{THROUGHPUT_KEY}); early stopping may end sooner"
+        )
+
+    def parameter_count(self) -> int:
+        """The recipe's model's parameters (built on the meta device: nothing is allocated)."""
+        with torch.device("meta"):
+            model = timm.create_model(
+                self.recipe.get("model_name", "vit_base_patch16_224"),
+                pretrained=False,
+                **(self.recipe.get("model_kwargs") or {}),
+            )
+        return sum(parameter.numel() for parameter in model.parameters())
+
     def checkpoint_bytes(self) -> float:
         """The checkpoints the recipe keeps (``save_total_limit``, 2 by default) and the final model: 12 bytes per
         parameter each (fp32 weights and AdamW's two moments), 4 for the final weights."""
-        model = timm.create_model(
-            self.recipe.get("model_name", "vit_base_patch16_224"),
-            pretrained=False,
-            **(self.recipe.get("model_kwargs") or {}),
-        )
-        parameters = sum(parameter.numel() for parameter in model.parameters())
-        return parameters * (12 * self.recipe.get("save_total_limit", 2) + 4)
+        return self.parameter_count() * (12 * self.recipe.get("save_total_limit", 2) + 4)
+
+    def _download_disk(self) -> str:
+        """The release's files already in ``data_dir`` (measured); NIH publishes no sizes, so none is printed for
+        files not there yet."""
+        present = [self.data_dir / entry.name for entry in RELEASE_FILES if (self.data_dir / entry.name).is_file()]
+        unknown = "not known before the files arrive (NIH publishes no sizes); the archives stay packed"
+        if not present:
+            return unknown
+        measured = _gb(sum(path.stat().st_size for path in present))
+        return f"{measured} measured in the {len(present)} file(s) already there; for the rest {unknown}"
 
     def _done_without_inputs(self, step: str) -> bool:
         try:
@@ -365,3 +432,86 @@ def _gb(value: float) -> str:
 
 def _duration(seconds: float) -> str:
     return f"~{seconds / 60:.0f} min" if seconds < 7200 else f"~{seconds / 3600:.1f} h"
+
+
+@dataclass(frozen=True)
+class RunProtocol:
+    """How a training run was done, as its files record it: input size, epochs run of those planned, the split
+    trained, selected and scored on, how the checkpoint was chosen, and whether the test split took part."""
+
+    resolution: str
+    epochs: str
+    split: str
+    selection: str
+    test_use: str
+
+
+def read_protocol(model_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None = None) -> RunProtocol:
+    """Read :class:`RunProtocol` from train.py's ``run_args.yaml``, ``trainer_state.json`` and ``config.json`` in
+    ``model_dir`` and the preparation's ``prepare.json``; what a file does not record is said to be missing."""
+    model_dir = Path(model_dir)
+    missing = "not recorded ({} missing)"
+    run_args = _read(model_dir / "run_args.yaml", yaml.safe_load) or {}
+    training = next((v for k, v in run_args.items() if k.endswith("TrainingArguments")), None)
+    data = run_args.get("DataArguments") or {}
+    state = _read(model_dir / "trainer_state.json", json.loads)
+    config = _read(model_dir / "config.json", json.loads) or {}
+    input_size = (config.get("pretrained_cfg") or {}).get("input_size")
+    resolution = f"{input_size[-1]} px" if input_size else missing.format("config.json")
+
+    if training is None or state is None:
+        absent = "run_args.yaml" if training is None else "trainer_state.json"
+        unknown = missing.format(absent)
+        test_use = f"Whether the test split took part in training is {unknown}"
+        return RunProtocol(resolution, unknown, _split(prepared_dir, data), unknown, test_use)
+    epochs = f"{state.get('epoch') or 0:g} of {training['num_train_epochs']:g}"
+    if training.get("early_stopping_patience") and (state.get("epoch") or 0) < training["num_train_epochs"]:
+        epochs += " (early stopping)"
+    history = state.get("log_history") or []
+    metric = training.get("metric_for_best_model")
+    if training.get("load_best_model_at_end"):
+        evaluations = sum(f"eval_{metric}" in entry for entry in history)
+        step = state.get("best_global_step") or _checkpoint_step(state.get("best_model_checkpoint"))
+        best = state.get("best_metric")
+        selection = f"best of {evaluations} evaluation(s) on `{data.get('eval_split')}` by {metric}" + (
+            f" ({best:.4f}, step {step} of {state.get('global_step')})" if best is not None else ""
+        )
+    else:
+        selection = f"the final weights (step {state.get('global_step')}): load_best_model_at_end false, no selection"
+    if any(key.startswith("test_") for entry in history for key in entry):
+        test_use = "The test split was evaluated during training (trainer_state.json logs test_ metrics)"
+    else:
+        closing = (model_dir / "test_results.json").is_file()
+        after = "train.py's closing evaluation and evaluate.py" if closing else "evaluate.py"
+        test_use = (
+            "The test split took no part in training or checkpoint selection (trainer_state.json logs no test "
+            f"evaluation); it was scored after training, by {after}"
+        )
+    return RunProtocol(resolution, epochs, _split(prepared_dir, data), selection, test_use)
+
+
+def _split(prepared_dir: str | os.PathLike | None, data: dict) -> str:
+    record = _read(Path(prepared_dir) / PREPARE_RECORD, json.loads) if prepared_dir is not None else None
+    if record is None:
+        return "not recorded (prepare.json missing)"
+    parameters, inputs = record["parameters"], record["inputs"]
+    validation = f"`{data.get('eval_split', 'validation')}`"
+    fraction = f"{parameters['validation_fraction']:.0%}"
+    if parameters.get("config") == "full" and inputs.get("train_val_list") and inputs.get("test_list"):
+        return (
+            f"train and {validation} ({fraction} of the patients, seed {parameters['split_seed']}) from "
+            f"{Path(inputs['train_val_list']['path']).name}; scored on {Path(inputs['test_list']['path']).name}"
+        )
+    return (
+        f"patient-wise random split, seed {parameters['split_seed']}: {validation} {fraction}, test "
+        f"{parameters['test_fraction']:.0%} of the patients"
+    )
+
+
+def _read(path: Path, parse: Callable[[str], Any]) -> Any:
+    return parse(path.read_text()) if path.is_file() else None
+
+
+def _checkpoint_step(checkpoint: str | None) -> int | None:
+    name = Path(checkpoint).name if checkpoint else ""
+    return int(name.removeprefix("checkpoint-")) if name.removeprefix("checkpoint-").isdigit() else None
