@@ -266,6 +266,12 @@ def read_dicom(path: XraySource) -> Image.Image:
         raise DicomReadError(f"{path}: no such file") from err
     except _DECODE_ERRORS as err:
         raise DicomReadError(f"{path}: not a readable DICOM file, it is truncated or corrupt ({err})") from err
+    return dicom_to_gray(ds, path)
+
+
+def dicom_to_gray(ds: pydicom.Dataset, path: XraySource) -> Image.Image:
+    """:func:`read_dicom` for a dataset already in memory (e.g. received over the network); ``path`` names it in
+    errors. Raises :class:`DicomReadError`."""
     _check_supported(ds, path)
     try:
         stored = ds.pixel_array
