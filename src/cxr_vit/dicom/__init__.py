@@ -5,6 +5,7 @@ imports it.
 """
 
 from .codes import FINDING_CODES, PRIVATE_SCHEME
+from .films import algorithm_info, write_film_results
 from .heatmaps import film_heatmaps
 from .results import AlgorithmInfo, build_results, result_uid, write_results
 
@@ -12,8 +13,10 @@ __all__ = [
     "FINDING_CODES",
     "PRIVATE_SCHEME",
     "AlgorithmInfo",
+    "algorithm_info",
     "build_results",
     "film_heatmaps",
     "result_uid",
+    "write_film_results",
     "write_results",
 ]
