@@ -7,7 +7,7 @@ imports it.
 from .codes import FINDING_CODES, PRIVATE_SCHEME
 from .films import algorithm_info, write_film_results
 from .heatmaps import film_heatmaps
-from .results import AlgorithmInfo, build_results, result_uid, write_results
+from .results import AlgorithmInfo, build_results, deterministic_uid, result_uid, write_results
 
 __all__ = [
     "FINDING_CODES",
@@ -15,6 +15,7 @@ __all__ = [
     "AlgorithmInfo",
     "algorithm_info",
     "build_results",
+    "deterministic_uid",
     "film_heatmaps",
     "result_uid",
     "write_film_results",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,6 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
 
 from .. import __version__
 from ..constants import LABELS
@@ -90,18 +90,20 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def deterministic_uid(*parts: str) -> str:
+    """``2.25.<UUID>`` (PS3.5 B.2) with a name-based UUID (version 5) of ``parts``: the same parts give the same
+    UID. (pydicom's ``generate_uid(prefix=None, entropy_srcs=...)`` ignores the entropy and returns a random one.)"""
+    return f"2.25.{uuid.uuid5(uuid.NAMESPACE_OID, chr(31).join(parts)).int}"
+
+
 def result_uid(source: Dataset, algorithm: AlgorithmInfo, *what: str) -> str:
-    """A UID (``2.25.<hash>``) fixed by the source instance, the algorithm and what the result is."""
-    return generate_uid(
-        prefix=None, entropy_srcs=[str(source.SOPInstanceUID), algorithm.name, algorithm.version, *what]
-    )
+    """A result's UID, fixed by the source instance, the algorithm and what the result is."""
+    return deterministic_uid(str(source.SOPInstanceUID), algorithm.name, algorithm.version, *what)
 
 
 def _series_uid(source: Dataset, algorithm: AlgorithmInfo, kind: str) -> str:
     """One result series per study, model and kind, so a study's films share their result series."""
-    return generate_uid(
-        prefix=None, entropy_srcs=[str(source.StudyInstanceUID), algorithm.name, algorithm.version, kind]
-    )
+    return deterministic_uid(str(source.StudyInstanceUID), algorithm.name, algorithm.version, kind)
 
 
 def build_results(
