@@ -53,7 +53,7 @@ SR_SERIES_DESCRIPTION = f"cxr-vit AI results, {NOT_FOR_CLINICAL_USE}"
 OVERLAY_SERIES_DESCRIPTION = f"cxr-vit heatmaps, {NOT_FOR_CLINICAL_USE}"
 OVERLAY_MAX_SIDE = 1024  # the overlay's longer side: enough to see where, small enough for any PACS
 _OVERLAY_ALPHA = 0.5
-_CAPTION_HEIGHT = 1 / 16  # of the overlay's height
+_CAPTION_HEIGHT = 1 / 16  # one caption line, as a share of the film's height (12 pixels at least)
 
 
 @dataclass(frozen=True)
@@ -295,8 +295,8 @@ def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, alg
 
 
 def burn_in(film: Image.Image, heatmap: np.ndarray, captions: Sequence[str]) -> np.ndarray:
-    """RGB pixels: the grayscale film, the heatmap in colour where it is above 0 (more opaque where higher), and
-    the captions in a black band at the top."""
+    """RGB pixels: the captions on a black band above the film (which hides none of it), then the grayscale film
+    with the heatmap in colour where it is above 0, more opaque where higher."""
     import matplotlib
 
     heat = np.nan_to_num(np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0))
@@ -305,10 +305,11 @@ def burn_in(film: Image.Image, heatmap: np.ndarray, captions: Sequence[str]) -> 
     colours = matplotlib.colormaps["jet"](heat)[..., :3]
     weight = (_OVERLAY_ALPHA * heat)[..., None]
     blended = Image.fromarray(np.uint8(np.clip((1 - weight) * base + weight * colours, 0, 1) * 255 + 0.5), "RGB")
-    band = max(12, round(film.height * _CAPTION_HEIGHT))
-    draw = ImageDraw.Draw(blended)
-    draw.rectangle((0, 0, film.width, band * len(captions)), fill="black")
-    font = ImageFont.load_default(size=max(8, band * 3 // 4))
-    for line, caption in enumerate(captions):
-        draw.text((4, line * band + band // 2), caption, fill="white", font=font, anchor="lm")
-    return np.asarray(blended)
+    line = max(12, round(film.height * _CAPTION_HEIGHT))
+    canvas = Image.new("RGB", (film.width, film.height + line * len(captions)), "black")
+    canvas.paste(blended, (0, line * len(captions)))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=max(8, line * 3 // 4))
+    for index, caption in enumerate(captions):
+        draw.text((4, index * line + line // 2), caption, fill="white", font=font, anchor="lm")
+    return np.asarray(canvas)
