@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     if csv.done:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
     written, skipped, no_results = 0, [], []
-    algorithm = algorithm_info(predictor, args.model[0]) if args.dicom_output else None
+    algorithm = algorithm_info(predictor, args.model[0], args.thresholds) if args.dicom_output else None
     top_k = args.heatmap_top_k if heatmap_dir else 0
     with csv:
         for result in predict_files(predictor, todo, args.batch_size, top_k, args.num_workers):

@@ -8,6 +8,7 @@ tiny random-init one of ``tests/conftest.py``, whose stored thresholds make Effu
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,8 +24,9 @@ from pydicom import uid
 from xray_files import to_bits, write_dicom
 
 from cxr_vit.constants import LABELS
-from cxr_vit.dicom import FINDING_CODES, AlgorithmInfo, build_results, film_heatmaps
+from cxr_vit.dicom import FINDING_CODES, AlgorithmInfo, algorithm_info, build_results, film_heatmaps
 from cxr_vit.dicom.codes import ABSENT, PRESENT, PROBABILITY
+from cxr_vit.prediction import Predictor
 
 XRAY = Path(__file__).resolve().parent / "data" / "00000011_000.png"
 LABEL_OF_CODE = {(code.value, code.scheme_designator): label for label, code in FINDING_CODES.items()}
@@ -208,3 +210,12 @@ def test_film_heatmaps_cover_the_models_crop_of_the_film(predictor):
         assert not heat[:, :28].any() and not heat[:, -28:].any()  # outside the model's crop
         assert heat[:, 28:-28].any()
     assert not np.array_equal(maps["Effusion"], maps["Mass"])
+
+
+def test_the_algorithm_is_named_without_local_paths(predictor, model_dir, tmp_path):
+    thresholds = tmp_path / "chosen" / "thresholds.json"
+    thresholds.parent.mkdir()
+    thresholds.write_text(json.dumps({"thresholds": dict.fromkeys(LABELS, 0.3), "rule": "Youden on validation"}))
+    info = algorithm_info(Predictor(predictor.model, "cpu", thresholds_file=thresholds), model_dir, thresholds)
+    assert info.name == model_dir.name and "thresholds.json: Youden on validation" in info.thresholds_source
+    assert str(tmp_path) not in f"{info}" and str(model_dir.parent) not in f"{info}"

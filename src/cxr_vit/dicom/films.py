@@ -13,9 +13,15 @@ from .heatmaps import film_heatmaps
 from .results import AlgorithmInfo, build_results, write_results
 
 
-def algorithm_info(predictor: Predictor, name_or_path: str | os.PathLike) -> AlgorithmInfo:
-    """The identification of ``predictor``'s model (the first one of an ensemble, with the member count)."""
-    info = AlgorithmInfo.for_model(name_or_path, predictor.model.config, predictor.thresholds_source)
+def algorithm_info(
+    predictor: Predictor, name_or_path: str | os.PathLike, thresholds_file: str | os.PathLike | None = None
+) -> AlgorithmInfo:
+    """The identification of ``predictor``'s model (the first of an ensemble, with the member count); a
+    ``thresholds_file`` is named by its file name only, as no local path goes into the results."""
+    source = predictor.thresholds_source
+    if thresholds_file is not None:
+        source = source.replace(str(thresholds_file), Path(thresholds_file).name)
+    info = AlgorithmInfo.for_model(name_or_path, predictor.model.config, source)
     members = len(predictor.ensemble.members) if predictor.ensemble is not None else 1
     if members > 1:
         info = AlgorithmInfo(f"{info.name} (+{members - 1} in ensemble)", info.version, info.thresholds_source)

@@ -34,6 +34,7 @@ from pydicom.sr.codedict import codes
 from .. import __version__
 from ..constants import LABELS
 from ..data.images import dicom_to_gray
+from ..public_names import model_reference
 from .codes import (
     ABSENT,
     FINDING_CODES,
@@ -78,8 +79,8 @@ class AlgorithmInfo:
             identity = f"sha256 {_file_sha256(weights)[:16]}"
         else:
             identity = "unversioned"
-        name = path.name if path.is_dir() else str(name_or_path)
-        return cls(name, f"{identity}, cxr-vit {__version__}", thresholds_source or cls.thresholds_source)
+        version = f"{identity}, cxr-vit {__version__}"
+        return cls(model_reference(name_or_path), version, thresholds_source or cls.thresholds_source)
 
 
 def _file_sha256(path: Path) -> str:
