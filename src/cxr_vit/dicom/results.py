@@ -21,6 +21,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import highdicom as hd
@@ -32,6 +33,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..atomic import write_atomic
 from ..constants import LABELS
 from ..data.images import dicom_to_gray
 from ..public_names import model_reference
@@ -167,17 +169,14 @@ def _with_patient_and_study(source: Dataset) -> Dataset:
 
 
 def write_results(results: Sequence[Dataset], folder: str | os.PathLike) -> list[Path]:
-    """Save each object as ``<folder>/<SOPInstanceUID>.dcm`` (written then renamed, so a file there is whole)."""
+    """Save each object as ``<folder>/<SOPInstanceUID>.dcm``, written then renamed, so a file there is whole."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for dataset in results:
-        path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        dataset.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
-        paths.append(path)
-    return paths
+    return [write_atomic(folder / f"{dataset.SOPInstanceUID}.dcm", partial(_save, dataset)) for dataset in results]
+
+
+def _save(dataset: Dataset, path: Path) -> None:
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def _structured_report(
