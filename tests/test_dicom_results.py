@@ -60,7 +60,7 @@ def films(tmp_path_factory) -> dict[str, Path]:
         "png": folder / "plain.png",
     }
     ds = pydicom.dcmread(files["small"])
-    ds.PatientOrientation, ds.ImagerPixelSpacing = ["L", "F"], [0.5, 0.5]
+    ds.PatientOrientation, ds.ImagerPixelSpacing = ["A", "FR"], [0.5, 0.5]  # a compound direction, as in rotated films
     ds.save_as(files["small"])
     ds = pydicom.dcmread(_film(files["no study"], small, study))
     del ds.StudyInstanceUID
@@ -158,6 +158,7 @@ def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predict
     for overlay in results["OT"]:
         source = by_uid[overlay.SourceImageSequence[0].ReferencedSOPInstanceUID]
         assert overlay.StudyInstanceUID == source.StudyInstanceUID and overlay.PatientID == source.PatientID
+        assert overlay.PatientOrientation == source.get("PatientOrientation", "")
         assert overlay.SOPClassUID == uid.SecondaryCaptureImageStorage and overlay.BurnedInAnnotation == "YES"
         assert list(overlay.ImageType[:2]) == ["DERIVED", "SECONDARY"]
         assert "NOT FOR CLINICAL USE" in overlay.SeriesDescription and "Effusion" in overlay.ImageComments

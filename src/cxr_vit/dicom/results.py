@@ -264,14 +264,13 @@ def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, alg
     scale = min(1.0, OVERLAY_MAX_SIDE / max(film.size))
     film = film.resize((max(1, round(film.width * scale)), max(1, round(film.height * scale))), Image.BICUBIC)
     pixels = burn_in(film, heatmap, [caption, f"cxr-vit heatmap, {NOT_FOR_CLINICAL_USE}"])
-    orientation = tuple(source.get("PatientOrientation") or ()) or None  # the film's rows/columns, kept by resizing
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        patient_orientation=orientation or ("L", "F"),  # highdicom wants one; replaced below when the film has none
+        patient_orientation=("L", "F"),  # highdicom wants one it knows; replaced below by the film's
         series_instance_uid=_series_uid(source, algorithm, "overlay"),
         series_number=OVERLAY_SERIES_NUMBER,
         sop_instance_uid=result_uid(source, algorithm, "overlay", LABELS[index]),
@@ -280,8 +279,8 @@ def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, alg
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         series_description=OVERLAY_SERIES_DESCRIPTION,
     )
-    if orientation is None:
-        image.PatientOrientation = ""  # Type 2: empty means unknown, as the film's own absence said
+    # The film's rows and columns keep their directions through the resize; empty (Type 2: unknown) if it has none.
+    image.PatientOrientation = source.get("PatientOrientation", "")
     image.Laterality = source.get("Laterality", "")  # Type 2C for a paired part: the film's, or unknown
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.BurnedInAnnotation = "YES"
