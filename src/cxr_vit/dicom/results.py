@@ -115,6 +115,7 @@ def build_results(
     thresholds: Sequence[float] | None,
     heatmaps: dict[str, np.ndarray] | None,
     algorithm: AlgorithmInfo,
+    film: Image.Image | None = None,
 ) -> list[Dataset]:
     """The SR, then one overlay Secondary Capture per positive label that has a heatmap.
 
@@ -125,6 +126,8 @@ def build_results(
         heatmaps: label -> map in ``[0, 1]`` over the whole film (any resolution, the film's aspect), e.g. from
             :func:`cxr_vit.dicom.film_heatmaps`; 0 (or NaN) leaves the film as it is.
         algorithm: the identification written into every object.
+        film: the source as :func:`cxr_vit.data.images.dicom_to_gray` renders it, when the caller has it already
+            (decoded once here otherwise, if an overlay is made).
     """
     probabilities = [float(p) for p in probabilities]
     source = _with_patient_and_study(source)
@@ -134,8 +137,10 @@ def build_results(
     results = [_structured_report(source, probabilities, thresholds, positive, algorithm)]
     for index, label in enumerate(LABELS):
         if positive and positive[index] and heatmaps and label in heatmaps:
+            if film is None:
+                film = dicom_to_gray(source, f"SOP Instance {source.SOPInstanceUID}")
             caption = f"{label} p={probabilities[index]:.2f} (threshold {thresholds[index]:.2f})"
-            results.append(_overlay(source, index, heatmaps[label], caption, algorithm))
+            results.append(_overlay(source, film, index, heatmaps[label], caption, algorithm))
     return results
 
 
@@ -258,9 +263,10 @@ def _declare_private_scheme(dataset: Dataset) -> None:
     dataset.CodingSchemeIdentificationSequence = DicomSequence([item])
 
 
-def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, algorithm: AlgorithmInfo) -> Dataset:
+def _overlay(
+    source: Dataset, film: Image.Image, index: int, heatmap: np.ndarray, caption: str, algorithm: AlgorithmInfo
+) -> Dataset:
     """A Secondary Capture of the film (shrunk to ``OVERLAY_MAX_SIDE``) with the heatmap and caption burned in."""
-    film = dicom_to_gray(source, f"SOP Instance {source.SOPInstanceUID}")
     scale = min(1.0, OVERLAY_MAX_SIDE / max(film.size))
     film = film.resize((max(1, round(film.width * scale)), max(1, round(film.height * scale))), Image.BICUBIC)
     pixels = burn_in(film, heatmap, [caption, f"cxr-vit heatmap, {NOT_FOR_CLINICAL_USE}"])
