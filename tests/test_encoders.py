@@ -109,6 +109,9 @@ def test_dinov2_position_embeddings_are_resampled_to_another_size(tmp_path):
 # ---- open_clip with a timm trunk (BiomedCLIP) ---------------------------------------------------------------------
 
 
+CLIP_MEAN, CLIP_STD = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+
+
 def test_open_clip_timm_trunk_converts_exactly(tmp_path):
     # BiomedCLIP's image tower: open_clip's TimmModel(vit_base_patch16_224, pool="", proj="linear"), here tiny
     tower = randomize(TimmModel("vit_tiny_patch16_224", embed_dim=32, image_size=224, pool="", proj="linear"))
@@ -116,10 +119,15 @@ def test_open_clip_timm_trunk_converts_exactly(tmp_path):
     state["text.token_embedding.weight"] = torch.zeros(10, 32)  # the text tower is left out
     torch.save({"state_dict": state}, tmp_path / "open_clip_pytorch_model.bin")
     config = {"model_cfg": {"embed_dim": 32, "vision_cfg": {"timm_model_name": "vit_tiny_patch16_224",
-                                                            "image_size": 224}}}  # fmt: skip
+                                                            "image_size": 224}},
+              "preprocess_cfg": {"mean": CLIP_MEAN, "std": CLIP_STD}}  # fmt: skip
     (tmp_path / "open_clip_config.json").write_text(json.dumps(config))
+    # open_clip's Hub repos also ship a config.json (transformers' CLIP config), which says nothing of the trunk
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPModel"]}))
     model = create_model(str(tmp_path), pretrained=False)
     assert model.config.cxr_vit_initialization["format"] == "open_clip-timm"
+    pretrained_cfg = model.config.pretrained_cfg  # open_clip's preprocess_cfg, not the trunk's ImageNet values
+    assert list(pretrained_cfg["mean"]) == CLIP_MEAN and list(pretrained_cfg["std"]) == CLIP_STD
     x = pixels(224)
     with torch.no_grad():
         expected = tower.trunk(x)  # the pooled features, before the CLIP projection
@@ -326,7 +334,7 @@ def test_a_hub_repo_of_an_encoder_is_downloaded(tmp_path, monkeypatch):
         api = HfApi(endpoint=server.endpoint, token=server.token)
         api.create_repo("lab/rad-dino-tiny")
         api.upload_folder(repo_id="lab/rad-dino-tiny", folder_path=str(folder))
-        assert resolve_source("lab/rad-dino-tiny").config["model_type"] == "dinov2"
+        assert resolve_source("lab/rad-dino-tiny").configs["config.json"]["model_type"] == "dinov2"
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # server gone: from the cache
     model = create_model("lab/rad-dino-tiny", pretrained=False)
     assert model.config.cxr_vit_initialization["checkpoint"] == "lab/rad-dino-tiny"

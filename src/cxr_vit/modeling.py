@@ -100,7 +100,7 @@ def encoder_architecture(source: EncoderSource) -> tuple[str, dict[str, Any]]:
     found = read_state_dict(source.weights)[0]
     converted, fmt = convert_checkpoint(found)
     try:
-        return fmt.architecture(converted, source.config, found)
+        return fmt.architecture(converted, source.configs.get(fmt.config_file), found)
     except (KeyError, ValueError) as err:
         raise CheckpointLoadError(f"{source.origin} ({fmt.description}): {err}") from err
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from . import clip, dinov2, eva_x
+from .sources import CONFIG_FILE, OPEN_CLIP_CONFIG_FILE
 
 Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
 # (converted weights, the config file beside them, the weights as found) -> (timm architecture, its keywords)
@@ -30,6 +31,7 @@ class CheckpointFormat:
     convert: Converter
     architecture: ArchitectureReader | None = None  # None: the user names it with --model_name
     normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) the encoder was tuned with
+    config_file: str = CONFIG_FILE  # the file beside the weights that its architecture reader reads
 
 
 def _timm_architecture(
@@ -58,6 +60,7 @@ FORMATS = (
         clip.matches_open_clip_timm,
         clip.convert_open_clip_timm,
         clip.open_clip_timm_architecture,
+        config_file=OPEN_CLIP_CONFIG_FILE,
     ),
     CheckpointFormat(
         "eva-x",
