@@ -11,7 +11,8 @@ rotary embedding's reference grid from its tables, which timm then recomputes id
 
 Pooling follows EVA-X's fine-tuning (``--use_mean_pooling``): the mean of the patch tokens through ``fc_norm``.
 A pretraining (MIM) checkpoint's final ``norm`` has no place there (EVA-X leaves it unused and starts ``fc_norm``
-fresh, as medical_mae does), and its ``mask_token`` and ``lm_head`` are for pretraining only.
+fresh, as medical_mae does), and its ``mask_token`` and ``lm_head`` are for pretraining only. Tensors EVA-X's
+fine-tuning network has no place for either (e.g. an ``attn.inner_attn_ln``) are reported as unexpected.
 """
 
 from __future__ import annotations
