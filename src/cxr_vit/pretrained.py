@@ -1,11 +1,12 @@
 """Initialise the backbone from a local research checkpoint (MAE, DINO, an earlier fine-tune, ...).
 
 Such files come in many shapes: torch pickles or safetensors, the state dict at the top or under ``model`` /
-``state_dict`` / ``module``, keys prefixed by DDP's ``module.`` or by an ``encoder.`` / ``backbone.``
-attribute, a 1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the
-worst outcome: ``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random
-weights without a word. So :func:`load_backbone_checkpoint` adapts what it can (and says what it did) and
-raises when more than a few backbone tensors stay unloaded. Other libraries' layouts (transformers
+``state_dict`` / ``module``, keys prefixed by DDP's ``module.`` or by an ``encoder.`` / ``backbone.`` attribute, a
+1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the worst outcome:
+``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random weights without a word;
+so is a tensor quietly resampled to another shape (a 16-px patch embedding into a 14-px model computes another
+function). So :func:`load_backbone_checkpoint` adapts what it can, records every shape it changed, and raises when
+more than a few backbone tensors stay unloaded or when a change is lossy. Other libraries' layouts (transformers
 ``Dinov2Model``, open_clip and OpenAI-CLIP towers) are first converted to timm names by :mod:`cxr_vit.encoders`,
 which detects them from the keys; the result names the format.
 """
@@ -55,7 +56,8 @@ class CheckpointLoadResult:
 
     Keys are timm names (after prefix stripping). ``missing`` are non-head tensors of the model left at their
     initial values (including ``mismatched`` ones); ``missing_head`` are the classifier's, which a backbone
-    checkpoint is not expected to provide.
+    checkpoint is not expected to provide. Every tensor loaded in another shape than the file's is in
+    ``resampled`` (a position grid interpolated), ``reshaped`` (the same values) or ``lossy`` (anything else).
     """
 
     path: str
