@@ -63,7 +63,7 @@ class ModelArguments:
         metadata={
             "help": "A research checkpoint to initialise the backbone from, instead of the tag's ImageNet weights: a "
             ".pth/.pt/.bin/.safetensors file (the state dict at the top level or under model/state_dict/module), a "
-            "folder or a Hub repo id; timm, MAE, EVA, transformers Dinov2Model, open_clip and OpenAI-CLIP layouts."
+            "folder or a Hub repo id; timm, MAE, EVA-X, transformers Dinov2Model, open_clip and OpenAI-CLIP layouts."
         },
     )
     allow_resampled_weights: bool = field(

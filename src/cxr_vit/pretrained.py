@@ -7,7 +7,7 @@ Such files come in many shapes: torch pickles or safetensors, the state dict at 
 so is a tensor quietly resampled to another shape (a 16-px patch embedding into a 14-px model computes another
 function). So :func:`load_backbone_checkpoint` adapts what it can, records every shape it changed, and raises when
 more than a few backbone tensors stay unloaded or when a change is lossy. Other libraries' layouts (transformers
-``Dinov2Model``, open_clip and OpenAI-CLIP towers) are first converted to timm names by :mod:`cxr_vit.encoders`,
+``Dinov2Model``, open_clip and OpenAI-CLIP towers, EVA-X) are first converted to timm names by :mod:`cxr_vit.encoders`,
 which detects them from the keys; the result names the format.
 """
 
