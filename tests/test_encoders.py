@@ -283,6 +283,15 @@ def test_eva_x_converts_exactly(tmp_path, layout):
     torch.testing.assert_close(timm_features(reloaded, x), expected, atol=TOLERANCE, rtol=0)
 
 
+def test_eva_x_rotary_tables_timm_cannot_compute_stop_the_load(tmp_path):
+    _, path = eva_x_file(tmp_path, "Ti/S")
+    checkpoint = torch.load(path)
+    checkpoint["model"]["rope.freqs_cos"] = checkpoint["model"]["rope.freqs_cos"].flip(0)  # not EVA-02's layout
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointLoadError, match="rotary tables of shape \\(16, 16\\) do not match timm's"):
+        create_model(str(path), pretrained=False)
+
+
 def test_eva_x_into_the_nearest_14_px_name_stops_unless_resampling_is_asked_for(tmp_path):
     """The 14-px timm EVA-02 would get the 16-px patch embedding resampled: the run stops, or says so when allowed."""
     _, path = eva_x_file(tmp_path, "B")

@@ -96,7 +96,7 @@ def _rope_tables(found: dict[str, torch.Tensor]) -> tuple[torch.Tensor | None, t
     """The pretraining network's rotary tables (top level, or the first block's copy in fine-tuned files)."""
     for prefix in ("rope.", "blocks.0.attn.rope."):
         if prefix + "freqs_cos" in found and prefix + "freqs_sin" in found:
-            return found[prefix + "freqs_cos"].float(), found[prefix + "freqs_sin"].float()
+            return found[prefix + "freqs_cos"], found[prefix + "freqs_sin"]
     return None, None
 
 
@@ -113,7 +113,9 @@ def _rope_reference_grid(cos: torch.Tensor, sin: torch.Tensor, grid: int, head_d
     timm_sin, timm_cos = build_rotary_pos_embed(
         [grid, grid], dim=head_dim, in_pixels=False, ref_feat_shape=[reference, reference], temperature=ROPE_TEMPERATURE
     )
-    if cos.shape != timm_cos.shape or max((cos - timm_cos).abs().max(), (sin - timm_sin).abs().max()) > ROPE_TOLERANCE:
+    tolerance = max(ROPE_TOLERANCE, 4 * torch.finfo(cos.dtype).eps)  # tables saved in half precision round more
+    cos, sin = cos.float(), sin.float()
+    if cos.shape != timm_cos.shape or max((cos - timm_cos).abs().max(), (sin - timm_sin).abs().max()) > tolerance:
         raise ValueError(
             f"EVA-X rotary tables of shape {tuple(cos.shape)} do not match timm's for a {grid}x{grid} grid "
             f"(reference {reference}); this checkpoint's rotary embedding is not EVA-02's"
