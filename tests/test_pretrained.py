@@ -144,6 +144,17 @@ def test_a_patch_embedding_resampled_to_another_patch_size_stops_the_load(tmp_pa
     assert "RESAMPLED, not the checkpoint's values (1): patch_embed.proj.weight" in result.summary()
 
 
+def test_a_reshape_that_keeps_every_value_is_recorded_and_allowed(tmp_path):
+    """An old linear patch projection (192, 3*16*16) becomes timm's conv weight by a reshape: exact, so it loads."""
+    source = source_vit().state_dict()
+    flat = {**source, "patch_embed.proj.weight": source["patch_embed.proj.weight"].flatten(1)}
+    model = target_vit()
+    result = load_backbone_checkpoint(model.timm_model, save({"model": flat}, tmp_path / "linear_patch.pth"))
+    assert result.reshaped == ["patch_embed.proj.weight: (192, 768) -> (192, 3, 16, 16)"] and result.lossy == []
+    assert "reshaped, values kept (1): patch_embed.proj.weight" in result.summary()
+    assert_backbone_equal(model.timm_model, source)
+
+
 def test_mae_pretraining_checkpoint(tmp_path):
     """MAE's file: encoder under ``model`` at 224 px, plus mask token and decoder, no head (timm's filter)."""
     source = source_vit(image_size=224, num_classes=0)
