@@ -299,9 +299,12 @@ def test_eva_x_into_the_nearest_14_px_name_stops_unless_resampling_is_asked_for(
         "embed_dim": 32, "num_heads": 2, "depth": 2, "ref_feat_shape": (5, 5)})  # fmt: skip
     with pytest.raises(CheckpointResampledError, match=r"patch_embed\.proj\.weight: \(32, 3, 16, 16\) -> \(32, 3, 14"):
         create_model("eva02_base_patch14_224", **arguments)
+    overlay = {"pretrained_cfg_overlay": {"mean": [0.5] * 3, "std": [0.25] * 3}}  # given: wins over EVA-X's own
+    arguments["model_kwargs"].update(overlay)
     model = create_model("eva02_base_patch14_224", allow_resampled_weights=True, **arguments)
     assert model.config.cxr_vit_initialization["lossy"][0].startswith("patch_embed.proj.weight: (32, 3, 16, 16)")
     assert model.timm_model.patch_embed.proj.weight.shape == (32, 3, 14, 14)  # resampled: not the source's tensor
+    assert tuple(model.config.pretrained_cfg["mean"]) == (0.5,) * 3
 
 
 # ---- timm-style (MAE, timm's EVA-02) and unknown layouts ----------------------------------------------------------

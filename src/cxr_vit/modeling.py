@@ -193,8 +193,10 @@ def create_model(
     if source is not None:
         result = load_backbone_checkpoint(model.timm_model, source.weights, allow_resampled=allow_resampled_weights)
         logger.info("initialised the backbone from %s", result.summary())
-        # the encoder's own normalization, not ImageNet's: from its files, else the one its format was tuned with
-        if normalization := source.normalization() or FORMAT_NORMALIZATION.get(result.format):
+        # the encoder's own normalization, not ImageNet's: from its files, else the one its format was tuned with;
+        # one given in model_kwargs (pretrained_cfg_overlay, as the recipe configs do) stays
+        normalization = source.normalization() or FORMAT_NORMALIZATION.get(result.format)
+        if normalization and "mean" not in (model_args.get("pretrained_cfg_overlay") or {}):
             model.config.pretrained_cfg["mean"], model.config.pretrained_cfg["std"] = (tuple(v) for v in normalization)
         origin = source.origin
         model.config.cxr_vit_initialization = {
