@@ -88,6 +88,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         drop_path_rate=model_args.drop_path_rate,
         model_kwargs=model_args.model_kwargs,
         pretrained_weights=model_args.pretrained_weights,
+        allow_resampled_weights=model_args.allow_resampled_weights,
     )
     configure_fsdp(training_args, model)
     model_data_config = data_config(model)

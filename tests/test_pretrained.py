@@ -13,7 +13,12 @@ import torch
 from timm.layers import resample_abs_pos_embed
 
 from cxr_vit.modeling import create_model
-from cxr_vit.pretrained import CheckpointLoadError, CheckpointMismatchError, load_backbone_checkpoint
+from cxr_vit.pretrained import (
+    CheckpointLoadError,
+    CheckpointMismatchError,
+    CheckpointResampledError,
+    load_backbone_checkpoint,
+)
 
 VIT = "vit_tiny_patch16_224"
 TINY = {"depth": 2}
@@ -119,6 +124,35 @@ def test_pos_embed_resampled_from_224_to_another_grid(tmp_path, use_timm_filter,
     assert result.resampled == [f"pos_embed: {tuple(source.pos_embed.shape)} -> {tuple(loaded.shape)}"]
     assert result.missing == []
     assert (result.timm_filter is not None) == use_timm_filter
+
+
+def test_a_patch_embedding_resampled_to_another_patch_size_stops_the_load(tmp_path):
+    """timm's filter resamples a 16-px patch embedding for an 8-px model: the features are no longer the source's,
+    so the load stops (naming the tensor) unless resampling is asked for, and then it is recorded."""
+    path = save({"model": source_vit(image_size=32).state_dict()}, tmp_path / "p16.pth")
+    model = target_vit(image_size=32, patch_size=8)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    change = r"patch_embed\.proj\.weight: \(192, 3, 16, 16\) -> \(192, 3, 8, 8\)"
+    with pytest.raises(CheckpointResampledError, match=change + r".*nothing was loaded.*--allow_resampled_weights"):
+        load_backbone_checkpoint(model.timm_model, path)
+    assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())  # untouched
+
+    result = load_backbone_checkpoint(model.timm_model, path, allow_resampled=True)
+    filter_fn = "timm.models.vision_transformer.checkpoint_filter_fn"
+    assert result.lossy == [f"patch_embed.proj.weight: (192, 3, 16, 16) -> (192, 3, 8, 8) ({filter_fn})"]
+    assert result.resampled == ["pos_embed: (1, 5, 192) -> (1, 17, 192)"]  # the 2x2 grid becomes 4x4
+    assert "RESAMPLED, not the checkpoint's values (1): patch_embed.proj.weight" in result.summary()
+
+
+def test_a_reshape_that_keeps_every_value_is_recorded_and_allowed(tmp_path):
+    """An old linear patch projection (192, 3*16*16) becomes timm's conv weight by a reshape: exact, so it loads."""
+    source = source_vit().state_dict()
+    flat = {**source, "patch_embed.proj.weight": source["patch_embed.proj.weight"].flatten(1)}
+    model = target_vit()
+    result = load_backbone_checkpoint(model.timm_model, save({"model": flat}, tmp_path / "linear_patch.pth"))
+    assert result.reshaped == ["patch_embed.proj.weight: (192, 768) -> (192, 3, 16, 16)"] and result.lossy == []
+    assert "reshaped, values kept (1): patch_embed.proj.weight" in result.summary()
+    assert_backbone_equal(model.timm_model, source)
 
 
 def test_mae_pretraining_checkpoint(tmp_path):

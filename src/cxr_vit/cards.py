@@ -296,6 +296,7 @@ def model_card_with_report(
         checkpoint=checkpoint,
         checkpoint_repo=checkpoint_repo,
         checkpoint_format=initialization.get("format_description"),
+        checkpoint_changes=[change for kind in ("resampled", "lossy") for change in initialization.get(kind, [])],
         finetune=config.get("cxr_vit_finetune"),
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,

@@ -23,11 +23,12 @@ from transformers import (
 )
 
 from .constants import DEFAULT_MODEL_NAME, ID2LABEL, LABEL2ID, NUM_LABELS
-from .encoders import EncoderSource, convert_checkpoint, is_hub_id, resolve_source
+from .encoders import FORMATS, EncoderSource, convert_checkpoint, is_hub_id, resolve_source
 from .encoders.sources import hub_config
 from .pretrained import CheckpointLoadError, load_backbone_checkpoint, read_state_dict
 
 logger = logging.getLogger(__name__)
+FORMAT_NORMALIZATION = {fmt.name: fmt.normalization for fmt in FORMATS if fmt.normalization}
 
 
 @dataclass
@@ -62,7 +63,15 @@ class ModelArguments:
         metadata={
             "help": "A research checkpoint to initialise the backbone from, instead of the tag's ImageNet weights: a "
             ".pth/.pt/.bin/.safetensors file (the state dict at the top level or under model/state_dict/module), a "
-            "folder or a Hub repo id; timm, MAE, EVA, transformers Dinov2Model, open_clip and OpenAI-CLIP layouts."
+            "folder or a Hub repo id; timm, MAE, EVA-X, transformers Dinov2Model, open_clip and OpenAI-CLIP layouts."
+        },
+    )
+    allow_resampled_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "Let --pretrained_weights load tensors resampled to another shape than the checkpoint's (e.g. a "
+            "16-px patch embedding to a 14-px model): the backbone then does not compute the checkpoint's function, "
+            "so by default the run stops. Position embeddings interpolated to another --image_size are always allowed."
         },
     )
     model_kwargs: dict[str, Any] | None = field(
@@ -88,9 +97,10 @@ def _is_cxr_vit_model(name: str) -> bool:
 
 def encoder_architecture(source: EncoderSource) -> tuple[str, dict[str, Any]]:
     """The timm architecture and keywords of an encoder checkpoint, read from its config file or its tensors."""
-    converted, fmt = convert_checkpoint(read_state_dict(source.weights)[0])
+    found = read_state_dict(source.weights)[0]
+    converted, fmt = convert_checkpoint(found)
     try:
-        return fmt.architecture(converted, source.config)
+        return fmt.architecture(converted, source.configs.get(fmt.config_file), found)
     except (KeyError, ValueError) as err:
         raise CheckpointLoadError(f"{source.origin} ({fmt.description}): {err}") from err
 
@@ -102,6 +112,7 @@ def create_model(
     drop_path_rate: float = 0.0,
     model_kwargs: dict[str, Any] | None = None,
     pretrained_weights: str | os.PathLike | None = None,
+    allow_resampled_weights: bool = False,
 ) -> TimmWrapperForImageClassification:
     """A ``TimmWrapperForImageClassification`` with the 15 NIH labels, ``problem_type`` multi-label.
 
@@ -120,6 +131,8 @@ def create_model(
             tag's weights, in any layout of :mod:`cxr_vit.encoders`
             (:func:`cxr_vit.pretrained.load_backbone_checkpoint`: safe loading, position embeddings resampled,
             another head dropped, an error when it leaves more than a few backbone tensors unloaded).
+        allow_resampled_weights: load checkpoint tensors resampled to another shape than the position grid
+            (otherwise :class:`cxr_vit.pretrained.CheckpointResampledError`).
     """
     encoder_args: dict[str, Any] = {}
     source: EncoderSource | None = None
@@ -166,8 +179,6 @@ def create_model(
     size = image_size or model_args.get("img_size")  # also an encoder's own size (e.g. its config.json's)
     if isinstance(size, int):
         pretrained_cfg["input_size"] = (3, size, size)
-    if source is not None and (normalization := source.normalization()):  # the encoder's own, not ImageNet's
-        pretrained_cfg["mean"], pretrained_cfg["std"] = (tuple(values) for values in normalization)
     config = TimmWrapperConfig(
         architecture=pretrained_cfg.get("architecture", model_name.split(".")[0]),
         num_labels=NUM_LABELS,
@@ -180,8 +191,13 @@ def create_model(
     model = TimmWrapperForImageClassification(config)
     model.timm_model.load_state_dict(backbone.state_dict())
     if source is not None:
-        result = load_backbone_checkpoint(model.timm_model, source.weights)
+        result = load_backbone_checkpoint(model.timm_model, source.weights, allow_resampled=allow_resampled_weights)
         logger.info("initialised the backbone from %s", result.summary())
+        # the encoder's own normalization, not ImageNet's: from its files, else the one its format was tuned with;
+        # one given in model_kwargs (pretrained_cfg_overlay, as the recipe configs do) stays
+        normalization = source.normalization() or FORMAT_NORMALIZATION.get(result.format)
+        if normalization and "mean" not in (model_args.get("pretrained_cfg_overlay") or {}):
+            model.config.pretrained_cfg["mean"], model.config.pretrained_cfg["std"] = (tuple(v) for v in normalization)
         origin = source.origin
         model.config.cxr_vit_initialization = {
             "checkpoint": origin if is_hub_id(origin) else Path(origin).name,
@@ -189,6 +205,9 @@ def create_model(
             "format_description": result.format_description,
             "tensors_loaded": len(result.loaded),
             "missing": result.missing,
+            "resampled": result.resampled,
+            "reshaped": result.reshaped,
+            "lossy": result.lossy,
         }
     return model
 

@@ -1,12 +1,13 @@
 """Initialise the backbone from a local research checkpoint (MAE, DINO, an earlier fine-tune, ...).
 
 Such files come in many shapes: torch pickles or safetensors, the state dict at the top or under ``model`` /
-``state_dict`` / ``module``, keys prefixed by DDP's ``module.`` or by an ``encoder.`` / ``backbone.``
-attribute, a 1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the
-worst outcome: ``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random
-weights without a word. So :func:`load_backbone_checkpoint` adapts what it can (and says what it did) and
-raises when more than a few backbone tensors stay unloaded. Other libraries' layouts (transformers
-``Dinov2Model``, open_clip and OpenAI-CLIP towers) are first converted to timm names by :mod:`cxr_vit.encoders`,
+``state_dict`` / ``module``, keys prefixed by DDP's ``module.`` or by an ``encoder.`` / ``backbone.`` attribute, a
+1000-class ImageNet head, position embeddings for another resolution. A silent mismatch is the worst outcome:
+``load_state_dict(strict=False)`` of a checkpoint that matches nothing trains from random weights without a word;
+so is a tensor quietly resampled to another shape (a 16-px patch embedding into a 14-px model computes another
+function). So :func:`load_backbone_checkpoint` adapts what it can, records every shape it changed, and raises when
+more than a few backbone tensors stay unloaded or when a change is lossy. Other libraries' layouts (transformers
+``Dinov2Model``, open_clip and OpenAI-CLIP towers, EVA-X) are first converted to timm names by :mod:`cxr_vit.encoders`,
 which detects them from the keys; the result names the format.
 """
 
@@ -44,13 +45,19 @@ class CheckpointMismatchError(CheckpointLoadError):
     """The checkpoint leaves more backbone tensors unloaded than allowed: it is not for this architecture."""
 
 
+class CheckpointResampledError(CheckpointLoadError):
+    """Loading would resample a tensor other than the position grid (e.g. a 16-px patch embedding to 14 px), so the
+    model would not compute the checkpoint's function; ``allow_resampled=True`` accepts it."""
+
+
 @dataclass
 class CheckpointLoadResult:
     """What :func:`load_backbone_checkpoint` found and did; ``summary()`` is meant for the training log.
 
     Keys are timm names (after prefix stripping). ``missing`` are non-head tensors of the model left at their
     initial values (including ``mismatched`` ones); ``missing_head`` are the classifier's, which a backbone
-    checkpoint is not expected to provide.
+    checkpoint is not expected to provide. Every tensor loaded in another shape than the file's is in
+    ``resampled`` (a position grid interpolated), ``reshaped`` (the same values) or ``lossy`` (anything else).
     """
 
     path: str
@@ -65,7 +72,9 @@ class CheckpointLoadResult:
     unexpected: list[str] = field(default_factory=list)
     dropped_head: list[str] = field(default_factory=list)  # checkpoint head tensors of another shape
     mismatched: list[str] = field(default_factory=list)  # "key: checkpoint shape vs model shape"
-    resampled: list[str] = field(default_factory=list)  # position embeddings resampled to the model's grid
+    resampled: list[str] = field(default_factory=list)  # position grids interpolated to the model's grid
+    reshaped: list[str] = field(default_factory=list)  # same values in another shape (e.g. a linear patch proj as conv)
+    lossy: list[str] = field(default_factory=list)  # other shape changes: the loaded tensor is not the checkpoint's
     notes: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
@@ -79,7 +88,9 @@ class CheckpointLoadResult:
         if self.timm_filter:
             lines.append(f"keys converted by {self.timm_filter}")
         for label, keys in (
-            ("resampled", self.resampled),
+            ("position grid resampled", self.resampled),
+            ("reshaped, values kept", self.reshaped),
+            ("RESAMPLED, not the checkpoint's values", self.lossy),
             ("dropped head (shape differs)", self.dropped_head),
             ("head left at init", self.missing_head),
             ("shape mismatch, not loaded", self.mismatched),
@@ -98,6 +109,7 @@ def load_backbone_checkpoint(
     max_missing: int = 4,
     container: str | None = None,
     use_timm_filter: bool = True,
+    allow_resampled: bool = False,
 ) -> CheckpointLoadResult:
     """Load a local checkpoint into a timm model (or a ``TimmWrapperForImageClassification``'s ``timm_model``).
 
@@ -113,6 +125,9 @@ def load_backbone_checkpoint(
         use_timm_filter: also try the architecture's own ``checkpoint_filter_fn`` (MAE/DINOv2/OpenCLIP/original
             Swin and ConvNeXt layouts, patch-embedding and relative-position resizing); it is used only if it
             makes more tensors fit the model.
+        allow_resampled: load tensors that had to be resampled to another shape than the position grid (timm's
+            filters resample a patch embedding of another patch size): the model then does not compute the
+            checkpoint's function, so by default this raises :class:`CheckpointResampledError` and loads nothing.
 
     Then: prefixes of :data:`STRIP_PREFIXES` are stripped where that makes keys match; ``pos_embed`` of
     another grid is resampled with timm's ``resample_abs_pos_embed`` keeping the class/register tokens; a
@@ -131,9 +146,11 @@ def load_backbone_checkpoint(
 
     model_state = timm_model.state_dict()
     state_dict, result.stripped_prefixes = _strip_prefixes(state_dict, model_state)
+    found = dict(state_dict)
     if use_timm_filter:
         state_dict = _apply_timm_filter(state_dict, timm_model, model_state, result)
-    state_dict = _resample_pos_embed(state_dict, timm_model, result)
+    state_dict = _resample_pos_embed(state_dict, timm_model)
+    _record_shape_changes(found, state_dict, result)
 
     head_keys = _head_keys(timm_model, model_state)
     to_load = {}
@@ -161,6 +178,13 @@ def load_backbone_checkpoint(
             f"Known layouts: {', '.join(f.description for f in FORMATS)}, or timm's own names.\n"
             "Check the architecture and its arguments (depth, patch size, embed dim), pick the state dict with "
             "container=..., or raise max_missing if the listed tensors may start from random weights."
+        )
+    if result.lossy and not allow_resampled:
+        raise CheckpointResampledError(
+            f"{path}: loading would resample {'; '.join(result.lossy)}, so the model would not compute the "
+            "checkpoint's function; nothing was loaded. Build the architecture the checkpoint was trained with "
+            "(e.g. its patch size in --model_kwargs, or give the checkpoint as --model_name where its format says "
+            "its architecture), or pass --allow_resampled_weights to accept resampled weights."
         )
     timm_model.load_state_dict(to_load, strict=False)
     return result
@@ -272,16 +296,33 @@ def _apply_timm_filter(
         return state_dict
     if _fit(filtered, model_state)[0] > _fit(state_dict, model_state)[0]:
         result.timm_filter = name
-        before, after = state_dict.get("pos_embed"), filtered.get("pos_embed")
-        if before is not None and after is not None and after.shape != before.shape:
-            result.resampled.append(f"pos_embed: {tuple(before.shape)} -> {tuple(after.shape)}")
         return filtered
     return state_dict
 
 
-def _resample_pos_embed(
-    state_dict: dict[str, torch.Tensor], timm_model: nn.Module, result: CheckpointLoadResult
-) -> dict[str, torch.Tensor]:
+def _record_shape_changes(
+    found: Mapping[str, torch.Tensor], adapted: Mapping[str, torch.Tensor], result: CheckpointLoadResult
+) -> None:
+    """Every tensor whose shape the filter or the resampling changed, sorted by whether its values survive.
+
+    Interpolating ``pos_embed`` to another grid is the standard way to change the input size; a reshape that keeps
+    every value (same count) is exact; anything else (a patch embedding resampled to another patch size) is lossy.
+    Tensors compared by name: a filter that renames a key it also resamples would go unseen (timm's do not).
+    """
+    for key, after in adapted.items():
+        before = found.get(key)
+        if before is None or before.shape == after.shape:
+            continue
+        change = f"{key}: {tuple(before.shape)} -> {tuple(after.shape)}"
+        if key == "pos_embed" and before.ndim == after.ndim == 3 and before.shape[-1] == after.shape[-1]:
+            result.resampled.append(change)
+        elif before.numel() == after.numel():
+            result.reshaped.append(change)
+        else:
+            result.lossy.append(change + (f" ({result.timm_filter})" if result.timm_filter else ""))
+
+
+def _resample_pos_embed(state_dict: dict[str, torch.Tensor], timm_model: nn.Module) -> dict[str, torch.Tensor]:
     """An absolute ``pos_embed`` of another (square) grid, resampled to the model's, class/register tokens kept."""
     target = getattr(timm_model, "pos_embed", None)
     source = state_dict.get("pos_embed")
@@ -295,7 +336,6 @@ def _resample_pos_embed(
     if grid is None or side * side != source.shape[1] - num_prefix or source.shape[2] != target.shape[2]:
         return state_dict  # not a square grid with our prefix tokens and width: reported as a mismatch
     resampled = resample_abs_pos_embed(source, new_size=list(grid), old_size=[side, side], num_prefix_tokens=num_prefix)
-    result.resampled.append(f"pos_embed: {tuple(source.shape)} -> {tuple(resampled.shape)}")
     return {**state_dict, "pos_embed": resampled}
 
 

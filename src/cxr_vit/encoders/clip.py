@@ -24,7 +24,9 @@ def convert_open_clip_timm(state_dict: dict[str, torch.Tensor]) -> dict[str, tor
     return {k.removeprefix(TRUNK_PREFIX): v for k, v in state_dict.items() if k.startswith(TRUNK_PREFIX)}
 
 
-def open_clip_timm_architecture(converted: dict[str, torch.Tensor], config: dict | None) -> tuple[str, dict]:
+def open_clip_timm_architecture(
+    converted: dict[str, torch.Tensor], config: dict | None, found: dict[str, torch.Tensor]
+) -> tuple[str, dict]:
     """The trunk's timm name from ``open_clip_config.json`` (``model_cfg.vision_cfg.timm_model_name``)."""
     vision = ((config or {}).get("model_cfg") or {}).get("vision_cfg") or {}
     if "timm_model_name" not in vision:
@@ -46,7 +48,9 @@ def convert_openai(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return {k: v for k, v in converted.items() if not k.startswith("head.")}
 
 
-def openai_architecture(converted: dict[str, torch.Tensor], config: dict | None) -> tuple[str, dict]:
+def openai_architecture(
+    converted: dict[str, torch.Tensor], config: dict | None, found: dict[str, torch.Tensor]
+) -> tuple[str, dict]:
     """The tower's shape read from its tensors; OpenAI's CLIP uses QuickGELU, hence timm's ``*_clip_quickgelu``.
 
     Towers trained with GELU in the same layout (open_clip's own non-OpenAI ViTs) need ``--model_name

@@ -76,7 +76,9 @@ def convert(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def architecture(converted: dict[str, torch.Tensor], config: dict | None) -> tuple[str, dict]:
+def architecture(
+    converted: dict[str, torch.Tensor], config: dict | None, found: dict[str, torch.Tensor]
+) -> tuple[str, dict]:
     """timm architecture and keywords of converted weights, from the folder's ``config.json`` where there is one."""
     config = config or {}
     embed_dim = converted["pos_embed"].shape[-1]

@@ -2,7 +2,7 @@
 
 Each format maps its checkpoint's keys to the timm architecture that computes the same function, so the
 fine-tuned model stays a stock ``timm_wrapper`` model. Formats whose keys are already timm's (timm itself,
-MAE, DeiT, EVA-X/EVA-02 through timm's ``checkpoint_filter_fn``) pass through unchanged.
+MAE, DeiT) pass through unchanged.
 """
 
 from __future__ import annotations
@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 import torch
 
-from . import clip, dinov2
+from . import clip, dinov2, eva_x
+from .sources import CONFIG_FILE, OPEN_CLIP_CONFIG_FILE
 
 Converter = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]
-ArchitectureReader = Callable[[dict[str, torch.Tensor], dict | None], tuple[str, dict]]
+# (converted weights, the config file beside them, the weights as found) -> (timm architecture, its keywords)
+ArchitectureReader = Callable[[dict[str, torch.Tensor], dict | None, dict[str, torch.Tensor]], tuple[str, dict]]
 SAMPLE_KEYS = 12  # checkpoint keys shown when a layout is not recognised
 
 
@@ -28,15 +30,18 @@ class CheckpointFormat:
     matches: Callable[[set[str]], bool]
     convert: Converter
     architecture: ArchitectureReader | None = None  # None: the user names it with --model_name
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None  # (mean, std) the encoder was tuned with
+    config_file: str = CONFIG_FILE  # the file beside the weights that its architecture reader reads
 
 
-def _timm_architecture(converted: dict[str, torch.Tensor], config: dict | None) -> tuple[str, dict]:
+def _timm_architecture(
+    converted: dict[str, torch.Tensor], config: dict | None, found: dict[str, torch.Tensor]
+) -> tuple[str, dict]:
     architecture = (config or {}).get("architecture")  # timm's save_for_hf config.json
     if not architecture:
         raise ValueError(
             "a timm-style checkpoint does not say its architecture: name it with --model_name (e.g. "
-            "vit_base_patch16_224 for MAE ViT-B/16, eva02_base_patch16_224 for EVA-X-B) and give the file with "
-            "--pretrained_weights"
+            "vit_base_patch16_224 for MAE ViT-B/16) and give the file with --pretrained_weights"
         )
     return architecture, dict((config or {}).get("model_args") or {})
 
@@ -55,6 +60,15 @@ FORMATS = (
         clip.matches_open_clip_timm,
         clip.convert_open_clip_timm,
         clip.open_clip_timm_architecture,
+        config_file=OPEN_CLIP_CONFIG_FILE,
+    ),
+    CheckpointFormat(
+        "eva-x",
+        "EVA-X (EVA-02 layout: q/v biases, SwiGLU w1/w2/w3, RoPE)",
+        eva_x.matches,
+        eva_x.convert,
+        eva_x.architecture,
+        (eva_x.MEAN, eva_x.STD),
     ),
     CheckpointFormat(
         "openai-clip",
@@ -66,7 +80,7 @@ FORMATS = (
 )
 TIMM_FORMAT = CheckpointFormat(
     "timm",
-    "timm-style keys (timm, MAE, DeiT; EVA-X/EVA-02 through timm's converter)",
+    "timm-style keys (timm, MAE, DeiT, timm's EVA-02)",
     lambda keys: True,
     dict,
     _timm_architecture,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
@@ -20,9 +20,12 @@ WEIGHTS_FILES = (
     "model.pth",
     "model.pt",
 )
-# Config files that say the architecture: transformers / timm (config.json), open_clip (open_clip_config.json).
-CONFIG_FILES = ("config.json", "open_clip_config.json")
-PREPROCESSOR_FILE = "preprocessor_config.json"  # transformers' image processor: image_mean / image_std
+# Config files published beside the weights: the architecture (transformers / timm: config.json; open_clip:
+# open_clip_config.json, with its preprocess_cfg) and transformers' image processor (image_mean / image_std).
+CONFIG_FILE = "config.json"
+OPEN_CLIP_CONFIG_FILE = "open_clip_config.json"
+PREPROCESSOR_FILE = "preprocessor_config.json"
+CONFIG_FILES = (CONFIG_FILE, OPEN_CLIP_CONFIG_FILE, PREPROCESSOR_FILE)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
@@ -32,19 +35,22 @@ class EncoderNotFoundError(FileNotFoundError):
 
 @dataclass
 class EncoderSource:
-    """A checkpoint file and the config published beside it (``None`` for a lone file)."""
+    """A checkpoint file and the config files published beside it, by file name (none for a lone file).
+
+    Each is kept: open_clip's Hub repos ship a ``config.json`` beside ``open_clip_config.json``, and each format
+    reads its own (:attr:`cxr_vit.encoders.CheckpointFormat.config_file`).
+    """
 
     origin: str  # what the user gave: a path or a Hub repo id
     weights: Path
-    config: dict | None = None
-    preprocessor: dict | None = None
+    configs: dict[str, dict] = field(default_factory=dict)
 
     def normalization(self) -> tuple[list[float], list[float]] | None:
         """``(mean, std)`` the encoder was trained with, where its files say (transformers or open_clip)."""
-        processor = self.preprocessor or {}
+        processor = self.configs.get(PREPROCESSOR_FILE) or {}
         if "image_mean" in processor and "image_std" in processor:
             return list(processor["image_mean"]), list(processor["image_std"])
-        preprocess = (self.config or {}).get("preprocess_cfg") or {}
+        preprocess = (self.configs.get(OPEN_CLIP_CONFIG_FILE) or {}).get("preprocess_cfg") or {}
         if "mean" in preprocess and "std" in preprocess:
             return list(preprocess["mean"]), list(preprocess["std"])
         return None
@@ -63,8 +69,7 @@ def resolve_source(source: str) -> EncoderSource:
         weights = next((path / name for name in WEIGHTS_FILES if (path / name).is_file()), None)
         if weights is None:
             raise EncoderNotFoundError(f"{source}: none of {', '.join(WEIGHTS_FILES)} in this folder")
-        configs = [path / name for name in CONFIG_FILES]
-        return EncoderSource(source, weights, _read_config(configs), _read_config([path / PREPROCESSOR_FILE]))
+        return EncoderSource(source, weights, _read_configs({name: path / name for name in CONFIG_FILES}))
     if not is_hub_id(source):
         raise EncoderNotFoundError(f"{source}: no such file or folder, and not a Hub repo id (org/name)")
     weights = _download_first(source, WEIGHTS_FILES)
@@ -73,9 +78,8 @@ def resolve_source(source: str) -> EncoderSource:
             f"Hub repo {source}: none of {', '.join(WEIGHTS_FILES)} there (or, offline, in the cache); download the "
             "checkpoint and give its path instead"
         )
-    configs = [found for name in CONFIG_FILES if (found := _download_first(source, (name,))) is not None]
-    processor = _download_first(source, (PREPROCESSOR_FILE,))
-    return EncoderSource(source, weights, _read_config(configs), _read_config([processor] if processor else []))
+    configs = {name: found for name in CONFIG_FILES if (found := _download_first(source, (name,))) is not None}
+    return EncoderSource(source, weights, _read_configs(configs))
 
 
 def _download_first(repo_id: str, names: tuple[str, ...]) -> Path | None:
@@ -87,17 +91,15 @@ def _download_first(repo_id: str, names: tuple[str, ...]) -> Path | None:
     return None
 
 
-def _read_config(paths: list[Path]) -> dict | None:
-    found = [path for path in paths if path.is_file()]
-    return json.loads(found[0].read_text()) if found else None
+def _read_configs(paths: dict[str, Path]) -> dict[str, dict]:
+    return {name: json.loads(path.read_text()) for name, path in paths.items() if path.is_file()}
 
 
 def hub_config(source: str) -> dict | None:
     """The ``config.json`` of a folder or Hub repo, ``None`` where it has none."""
     path = Path(source)
     if path.is_dir():
-        return _read_config([path / "config.json"])
-    if is_hub_id(source):
-        found = _download_first(source, ("config.json",))
-        return _read_config([found]) if found else None
-    return None
+        found: Path | None = path / CONFIG_FILE
+    else:
+        found = _download_first(source, (CONFIG_FILE,)) if is_hub_id(source) else None
+    return _read_configs({CONFIG_FILE: found}).get(CONFIG_FILE) if found else None
