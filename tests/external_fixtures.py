@@ -310,6 +310,7 @@ def make_vindr_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
         write_dicom(path, stored, bits_stored=14, photometric="MONOCHROME1" if monochrome1 else "MONOCHROME2")
         header = pydicom.dcmread(path)
         header.PatientSex, header.PatientAge = str(drawer.rng.choice(["M", "F", "O"])), f"{index + 30:03d}Y"
+        header.ViewPosition = "PA"
         header.save_as(path, enforce_file_format=True)
         planted[image_id] = findings
         truth = {label: values.get(label, 0) for label in VINDR_LABELS}
