@@ -14,8 +14,8 @@ truth the map is tested against.
 
 Returns a dict: ``source``, ``images_dir``, ``labels_csv`` (and ``metadata_csv``, ``split_csv`` for MIMIC; the second
 label file as ``test_labels_csv`` for CheXpert and VinDr), ``args`` (the ``scripts/prepare_data.py`` arguments without
-``--output_dir``), ``films`` (number of image files) and ``planted`` (image id as prepared -> the NIH findings whose
-grating the film carries).
+``--output_dir``), ``films`` (number of image files), ``planted`` (image id as prepared -> the NIH findings whose
+grating the film carries) and ``native`` (image id -> its positive native labels; for VinDr the readers' majority).
 """
 
 from __future__ import annotations
@@ -136,6 +136,10 @@ class _Drawer:
         return draw_gratings(pixels, findings, self.rng)
 
 
+def _positives(values: dict[str, int]) -> list[str]:
+    return sorted(label for label, value in values.items() if value == 1)
+
+
 def _chexpert_value(value: int, rng: np.random.Generator) -> str:
     if value == 1:
         return "1.0"
@@ -153,7 +157,7 @@ def make_chexpert(root: Path, count: int = 40, seed: int = 0) -> dict:
     release = root / "CheXpert-v1.0-small"
     drawer, films = _Drawer("chexpert", seed), _mini_films(count, seed)
     rows = {"train": [], "valid": []}
-    planted = {}
+    planted, native = {}, {}
     patient, study, view = 0, 0, 0
     for index, pixels in enumerate(films):
         split = "valid" if index >= count - 8 else "train"
@@ -178,6 +182,7 @@ def make_chexpert(root: Path, count: int = 40, seed: int = 0) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(drawer.film(pixels, findings)).save(path, quality=95)
         planted[relative] = findings
+        native[relative] = _positives(values)
         csv_values = {label: _chexpert_value(values.get(label, 0), drawer.rng) for label in CHEXPERT_LABELS}
         csv_values["No Finding"] = "1.0" if _no_finding(values) else ""
         if split == "valid":  # the expert-labelled validation set has no blanks and no uncertain labels
@@ -194,13 +199,15 @@ def make_chexpert(root: Path, count: int = 40, seed: int = 0) -> dict:
         )
     for split, split_rows in rows.items():
         pd.DataFrame(split_rows, columns=list(CHEXPERT_HEADER)).to_csv(release / f"{split}.csv", index=False)
-    return _result("chexpert", root, release / "train.csv", planted, count, test_labels_csv=release / "valid.csv")
+    return _result(
+        "chexpert", root, release / "train.csv", planted, native, count, test_labels_csv=release / "valid.csv"
+    )
 
 
 def make_mimic_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
     """MIMIC-CXR-JPG 2.0.0: 40 films of 10 subjects, one or two films per study, the official split CSV."""
     drawer, films = _Drawer("mimic_cxr", seed), _mini_films(count, seed)
-    label_rows, metadata_rows, split_rows, planted = [], [], [], {}
+    label_rows, metadata_rows, split_rows, planted, native = [], [], [], {}, {}
     subject, study_id, split = 10000000, 50000000, "train"
     for index, pixels in enumerate(films):
         if index == 0 or drawer.rng.random() < 0.3:
@@ -225,6 +232,7 @@ def make_mimic_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(drawer.film(pixels, findings)).save(path, quality=95)
         planted[dicom_id] = findings
+        native[dicom_id] = _positives(values)
         metadata_rows.append(
             {
                 "dicom_id": dicom_id, "subject_id": subject, "study_id": study_id,
@@ -242,7 +250,9 @@ def make_mimic_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
     pd.DataFrame(metadata_rows, columns=list(MIMIC_METADATA_HEADER)).to_csv(metadata_csv, index=False)
     split_csv = root / "mimic-cxr-2.0.0-split.csv"
     pd.DataFrame(split_rows).to_csv(split_csv, index=False)
-    return _result("mimic_cxr", root, labels_csv, planted, count, metadata_csv=metadata_csv, split_csv=split_csv)
+    return _result(
+        "mimic_cxr", root, labels_csv, planted, native, count, metadata_csv=metadata_csv, split_csv=split_csv
+    )
 
 
 def _digits(rng: np.random.Generator, count: int) -> str:
@@ -252,7 +262,7 @@ def _digits(rng: np.random.Generator, count: int) -> str:
 def make_padchest(root: Path, count: int = 40, seed: int = 0) -> dict:
     """PadChest: 16-bit PNGs in ImageDir folders 0 and 1, 14 patients, labels as Python-list strings."""
     drawer, films = _Drawer("padchest", seed), _mini_films(count, seed)
-    rows, planted = [], {}
+    rows, planted, native = [], {}, {}
     patient = ""
     for index, pixels in enumerate(films):
         if index == 0 or drawer.rng.random() < 0.35:
@@ -269,6 +279,7 @@ def make_padchest(root: Path, count: int = 40, seed: int = 0) -> dict:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_png16(path, to_bits(drawer.film(pixels, findings), 12), significant_bits=12)
         planted[image_id] = findings
+        native[image_id] = _positives(values)
         projection = str(drawer.rng.choice(["PA", "L", "AP_horizontal"], p=[0.6, 0.25, 0.15]))
         row = dict.fromkeys(PADCHEST_HEADER, "")
         row.update(
@@ -282,7 +293,7 @@ def make_padchest(root: Path, count: int = 40, seed: int = 0) -> dict:
         rows.append(row)
     labels_csv = root / PADCHEST_CSV
     pd.DataFrame(rows, columns=list(PADCHEST_HEADER)).to_csv(labels_csv, index=False)
-    return _result("padchest", root, labels_csv, planted, count)
+    return _result("padchest", root, labels_csv, planted, native, count)
 
 
 def _readers(truth: int, rng: np.random.Generator) -> list[int]:
@@ -296,7 +307,7 @@ def _readers(truth: int, rng: np.random.Generator) -> list[int]:
 def make_vindr_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
     """VinDr-CXR 1.0.0: 30 training DICOMs read by three radiologists each, 10 test DICOMs (consensus)."""
     drawer, films = _Drawer("vindr_cxr", seed), _mini_films(count, seed)
-    train_rows, test_rows, planted = [], [], {}
+    train_rows, test_rows, planted, native = [], [], {}, {}
     for index, pixels in enumerate(films):
         split = "test" if index >= count - 10 else "train"
         values = drawer.draw()
@@ -313,6 +324,7 @@ def make_vindr_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
         header.ViewPosition = "PA"
         header.save_as(path, enforce_file_format=True)
         planted[image_id] = findings
+        native[image_id] = _positives(values)
         truth = {label: values.get(label, 0) for label in VINDR_LABELS}
         truth["No finding"] = int(not any(truth.values()))
         if split == "test":
@@ -329,17 +341,17 @@ def make_vindr_cxr(root: Path, count: int = 40, seed: int = 0) -> dict:
     train_csv, test_csv = annotations / "image_labels_train.csv", annotations / "image_labels_test.csv"
     pd.DataFrame(train_rows, columns=["image_id", "rad_id", *VINDR_LABELS]).to_csv(train_csv, index=False)
     pd.DataFrame(test_rows, columns=["image_id", *VINDR_LABELS]).to_csv(test_csv, index=False)
-    return _result("vindr_cxr", root, train_csv, planted, count, test_labels_csv=test_csv)
+    return _result("vindr_cxr", root, train_csv, planted, native, count, test_labels_csv=test_csv)
 
 
-def _result(source: str, root: Path, labels_csv: Path, planted: dict, films: int, **extra: Path) -> dict:
+def _result(source: str, root: Path, labels_csv: Path, planted: dict, native: dict, films: int, **extra: Path) -> dict:
     args = ["--source", source, "--images_dir", str(root), "--labels_csv", str(labels_csv)]
     for name in ("metadata_csv", "split_csv"):
         if name in extra:
             args += [f"--{name}", str(extra[name])]
     return {
         "source": source, "images_dir": root, "labels_csv": labels_csv, "args": args, "films": films,
-        "planted": planted, **extra,
+        "planted": planted, "native": native, **extra,
     }  # fmt: skip
 
 
