@@ -23,7 +23,7 @@ from test_scripts import run
 
 from cxr_vit.constants import LABEL2ID, LABELS
 from cxr_vit.data.sources import SourceOptions, read_source
-from cxr_vit.label_map import APPROXIMATE, LABEL_MAP, LabelMapper, annotated_labels, used_targets
+from cxr_vit.label_map import APPROXIMATE, LABEL_MAP, LabelMapper, annotated_labels, markdown_table, used_targets
 
 # ---- the label map -------------------------------------------------------------------------------------------------
 
@@ -64,6 +64,11 @@ def test_synonyms_are_used_and_approximations_only_when_asked():
     assert "Mass" not in annotated_labels("chexpert") and "Mass" in annotated_labels("chexpert", True)
     assert annotated_labels("padchest") == LABELS and annotated_labels("nih") == LABELS
     assert "Hernia" not in annotated_labels("vindr_cxr", True)
+
+
+def test_the_docs_show_the_map_as_it_is():
+    text = (REPO / "docs" / "external.md").read_text()
+    assert markdown_table() in text
 
 
 def test_mapper_combines_several_source_labels_and_leaves_the_rest_missing():

@@ -191,3 +191,27 @@ def positive_findings(labels: np.ndarray) -> list[str]:
 def map_table(source: str) -> Mapping[str, Target | None]:
     """The full map of one source (for docs and tests)."""
     return LABEL_MAP[source]
+
+
+def markdown_table(sources: tuple[str, ...] = SOURCES[1:]) -> str:
+    """The map as docs/external.md shows it: one row per NIH label, one column per source; ``≈`` marks an
+    approximation (used only with ``--approximate_labels``), ``—`` a label the source does not annotate."""
+    header = "| NIH label | " + " | ".join(f"`{source}`" for source in sources) + " |"
+    rule = "|---|" + "---|" * len(sources)
+    rows = []
+    for label in LABELS:
+        cells = []
+        for source in sources:
+            names = [
+                ("≈ " if target.kind == APPROXIMATE else "") + name
+                for name, target in LABEL_MAP[source].items()
+                if target is not None and label in target.labels
+            ]
+            cells.append(", ".join(names) or "—")
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join([header, rule, *rows])
+
+
+def unmapped(source: str) -> list[str]:
+    """The source's labels listed as having no NIH counterpart (read and ignored)."""
+    return [name for name, target in LABEL_MAP[source].items() if target is None]
