@@ -11,7 +11,7 @@ import threading
 import numpy as np
 import pydicom
 import pytest
-from inference_helpers import save_tiny_model
+from cxr_vit.dicom.films import algorithm_info
 from dicom_network import (
     PATIENT_NAME,
     Recorder,
@@ -22,12 +22,12 @@ from dicom_network import (
     wait_until,
     write_films,
 )
+from inference_helpers import save_tiny_model
 from pydicom import uid
 from pynetdicom import AE
 
 from cxr_vit.constants import LABELS
 from cxr_vit.dicom.node import DicomNode
-from cxr_vit.dicom.films import algorithm_info
 from cxr_vit.dicom.sending import CStoreDestination
 from cxr_vit.prediction import Predictor, read_image
 
