@@ -1,7 +1,7 @@
 """Predict the 15 NIH labels for X-ray image files and folders, optionally with heatmaps.
 
     python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/] \
-        [--explainer grad_rollout|gradcam|rollout] [--num_workers 2] [--resume]
+        [--explainer grad_rollout|gradcam|rollout] [--num_workers 2] [--resume] [--dicom_output results/]
     python scripts/predict.py --backend onnx --model outputs/quickstart_onnx xrays/ --output preds.csv
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
@@ -15,8 +15,11 @@ gradients). Rows are written as images are done (--num_workers processes decode 
 it wrote and --resume skips the files already in the CSV. Heatmaps come from the explainer registry that
 evaluate.py --bbox_csv scores: --explainer, else the default, else gradcam where the model's family needs it; an
 --explainer that cannot explain the model is an error.
+--dicom_output DIR writes, for each DICOM input, a TID 1500 SR of its probabilities and calls and (PyTorch backend)
+a heatmap Secondary Capture per positive finding, in the film's study, as DIR/<SOPInstanceUID>.dcm (docs/dicom.md).
 
-Exit code: 0 all images predicted, 1 some files were skipped, 2 bad arguments (model, paths, no images).
+Exit code: 0 all images predicted, 1 some files were skipped (or got no DICOM results), 2 bad arguments (model,
+paths, no images).
 """
 
 import argparse
@@ -25,6 +28,7 @@ import sys
 from pathlib import Path
 
 from cxr_vit.cli import add_model_arguments, add_runtime_arguments, check_runtime_arguments
+from cxr_vit.dicom import algorithm_info, write_film_results
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import (
     ModelLoadError,
@@ -55,6 +59,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--heatmap_top_k", type=int, default=3, help="Findings per heatmap panel (default 3).")
     add_runtime_arguments(parser, batch_size=32, workers="DataLoader processes that decode images.")
     parser.add_argument("--thresholds", metavar="JSON", help="A thresholds.json written by scripts/evaluate.py.")
+    parser.add_argument(
+        "--dicom_output", metavar="DIR", help="Write DICOM results (SR + heatmap overlays) of DICOM inputs here."
+    )
     args = parser.parse_args(argv)
     check_runtime_arguments(parser, args)
     if not 1 <= args.heatmap_top_k <= 14:
@@ -97,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     todo = [path for path in paths if str(path) not in csv.done]
     if csv.done:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
-    written, skipped = 0, []
+    written, skipped, no_results = 0, [], []
+    algorithm = algorithm_info(predictor, args.model[0], args.thresholds) if args.dicom_output else None
     top_k = args.heatmap_top_k if heatmap_dir else 0
     with csv:
         for result in predict_files(predictor, todo, args.batch_size, top_k, args.num_workers):
@@ -108,17 +116,24 @@ def main(argv: list[str] | None = None) -> int:
             if heatmap_dir:
                 heatmap_path = str(heatmap_dir / heatmap_file_name(result.path, csv.taken))
                 result.heatmap.save(heatmap_path)
+            if algorithm is not None:
+                try:
+                    write_film_results(predictor, result, algorithm, args.dicom_output)
+                except ValueError as err:  # predicted, but its header cannot hold results: named at the end
+                    no_results.append(str(err))
             csv.write(result, heatmap_path)
             written += 1
     print(
         f"wrote {written} predictions to {args.output}"
         + (f" ({len(paths) - len(todo)} already there)" if csv.done else "")
         + (f", heatmaps in {heatmap_dir}" if heatmap_dir else "")
+        + (f", DICOM results in {args.dicom_output}" if args.dicom_output else "")
     )
+    if no_results:
+        print(f"no DICOM results for {len(no_results)} file(s):", *no_results, sep="\n  ", file=sys.stderr)
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s):", *skipped, sep="\n  ", file=sys.stderr)
-        return 1
-    return 0
+    return 1 if skipped or no_results else 0
 
 
 if __name__ == "__main__":

@@ -19,15 +19,17 @@ DICOM Part 10 (``DICM`` at byte 128; named      one frame, MONOCHROME1/2, Bits S
 extension), DX or CR; transfer syntaxes         Sequence), then VOI LUT Sequence, else the first Window
 Explicit/Implicit VR Little Endian, Explicit    Center/Width (LINEAR, LINEAR_EXACT, SIGMOID), else the range Bits
 VR Big Endian, Deflated, RLE Lossless           Stored declares (through the rescale) if the central 99% of the
-(pydicom), JPEG Baseline and JPEG 2000          pixels fill half of it, else the pixels' own range (the percentile
-lossless/lossy (Pillow)                         window if outliers stretch it over twice); then MONOCHROME1
-                                                inversion
+(pydicom), JPEG 2000 lossless/lossy (Pillow),   pixels fill half of it, else the pixels' own range (the percentile
+JPEG Baseline/Extended (8/12-bit), JPEG         window if outliers stretch it over twice); then MONOCHROME1
+Lossless (Process 14, SV1), JPEG-LS lossless    inversion
+and near-lossless (pylibjpeg-libjpeg)
 ==============================================  =================================================================
 
 Rejected with :class:`XrayReadError`, naming the file and what is wrong: missing, empty, truncated or non-image
 files, and DICOM files that are multi-frame, colour, hold no image (e.g. a structured report), or are compressed
-with a syntax whose decoder is not installed (JPEG Lossless and JPEG-LS need ``pylibjpeg-libjpeg`` or ``gdcm``).
-Other compressed syntaxes are attempted whenever pydicom reports a decoder for them, but are untested here.
+with a syntax whose decoder is not installed (the core install has them all; the message names the packages).
+Each compressed syntax is tested on files made by dcmtk and gdcm (``tests/test_dicom_decoding.py``); others are
+attempted whenever pydicom reports a decoder for them.
 
 Not handled: 16-bit RGB or grey+alpha PNGs (Pillow keeps only their high byte), the Presentation LUT Shape, and
 any window but the first.
@@ -266,6 +268,12 @@ def read_dicom(path: XraySource) -> Image.Image:
         raise DicomReadError(f"{path}: no such file") from err
     except _DECODE_ERRORS as err:
         raise DicomReadError(f"{path}: not a readable DICOM file, it is truncated or corrupt ({err})") from err
+    return dicom_to_gray(ds, path)
+
+
+def dicom_to_gray(ds: pydicom.Dataset, path: XraySource) -> Image.Image:
+    """:func:`read_dicom` for a dataset already in memory (e.g. received over the network); ``path`` names it in
+    errors. Raises :class:`DicomReadError`."""
     _check_supported(ds, path)
     try:
         stored = ds.pixel_array

@@ -1,0 +1,48 @@
+"""DICOM results for films predicted from files: what ``predict.py --dicom_output`` writes per DICOM input."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pydicom
+
+from ..data.images import dicom_to_gray, is_dicom
+from ..prediction import Prediction, Predictor
+from .heatmaps import film_heatmaps
+from .results import AlgorithmInfo, build_results, write_results
+
+
+def algorithm_info(
+    predictor: Predictor, name_or_path: str | os.PathLike, thresholds_file: str | os.PathLike | None = None
+) -> AlgorithmInfo:
+    """The identification of ``predictor``'s model (the first of an ensemble, with the member count); a
+    ``thresholds_file`` is named by its file name only, as no local path goes into the results."""
+    source = predictor.thresholds_source
+    if thresholds_file is not None:
+        source = source.replace(str(thresholds_file), Path(thresholds_file).name)
+    info = AlgorithmInfo.for_model(name_or_path, predictor.model.config, source)
+    members = len(predictor.ensemble.members) if predictor.ensemble is not None else 1
+    if members > 1:
+        info = AlgorithmInfo(f"{info.name} (+{members - 1} in ensemble)", info.version, info.thresholds_source)
+    return info
+
+
+def write_film_results(
+    predictor: Predictor, prediction: Prediction, algorithm: AlgorithmInfo, folder: str | os.PathLike
+) -> list[Path]:
+    """The SR (and, where the predictor has an explainer, an overlay per positive finding) for the DICOM file
+    ``prediction.path``, saved in ``folder``; nothing for a file that is not DICOM. A film whose header cannot
+    place results in its study raises ``ValueError`` naming the file."""
+    path = prediction.path
+    if not is_dicom(path):
+        return []
+    source = pydicom.dcmread(path)
+    heatmaps = None
+    if predictor.explainer is not None and prediction.positives:
+        heatmaps = film_heatmaps(predictor, dicom_to_gray(source, path), prediction.positives)
+    try:
+        results = build_results(source, prediction.probabilities, predictor.thresholds, heatmaps, algorithm)
+    except ValueError as err:
+        raise ValueError(f"{path}: no DICOM results written: {err}") from err
+    return write_results(results, folder)
