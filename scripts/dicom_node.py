@@ -23,10 +23,14 @@ import sys
 import threading
 
 from cxr_vit.cli import add_backend_argument, add_runtime_arguments, check_runtime_arguments
-from cxr_vit.dicom.node import DicomNode, quiet_library_logs
 from cxr_vit.dicom.films import algorithm_info
-from cxr_vit.dicom.sending import CStoreDestination, StowDestination, dicomweb_password
 from cxr_vit.prediction import ModelLoadError, Predictor
+
+try:
+    from cxr_vit.dicom.node import DicomNode, quiet_library_logs
+    from cxr_vit.dicom.sending import CStoreDestination, StowDestination, dicomweb_password
+except ModuleNotFoundError as missing:  # pynetdicom: the [dicom] extra
+    sys.exit(f"error: {missing.name} is not installed; the DICOM node needs: pip install -e '.[dicom]'")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
             thresholds_file=args.thresholds,
             backend=args.backend,
         )
-        algorithm = algorithm_info(predictor, args.model)
+        algorithm = algorithm_info(predictor, args.model, args.thresholds)
         node = DicomNode(
             predictor,
             algorithm,

@@ -20,13 +20,17 @@ import logging
 import sys
 from pathlib import Path
 
-from requests import RequestException
-
 from cxr_vit.cli import add_backend_argument, add_runtime_arguments, check_runtime_arguments
 from cxr_vit.dicom.films import algorithm_info
-from cxr_vit.dicom.sending import DeliveryError, dicomweb_client, dicomweb_password
-from cxr_vit.dicom.web import find_films, parse_query, predict_dicomweb
 from cxr_vit.prediction import ModelLoadError, Predictor
+
+try:
+    from requests import RequestException
+
+    from cxr_vit.dicom.sending import DeliveryError, dicomweb_client, dicomweb_password
+    from cxr_vit.dicom.web import find_films, parse_query, predict_dicomweb
+except ModuleNotFoundError as missing:  # pynetdicom, dicomweb-client: the [dicom] extra
+    sys.exit(f"error: {missing.name} is not installed; the DICOMweb client needs: pip install -e '.[dicom]'")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             args.url,
             films,
             predictor,
-            algorithm_info(predictor, args.model),
+            algorithm_info(predictor, args.model, args.thresholds),
             args.output,
             args.output_dir or Path(f"{args.output}.dicomweb"),
             username=args.user,

@@ -34,9 +34,11 @@ from cxr_vit.prediction import (
     ModelLoadError,
     PredictionsCSV,
     Predictor,
+    Shard,
     UnreadableImageError,
     find_images,
     heatmap_file_name,
+    merge_shards,
     predict_files,
 )
 
@@ -69,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.explainer and not args.heatmaps:
         parser.error("--explainer draws the --heatmaps: give --heatmaps DIR too")
 
+    shard = Shard.from_environment()  # under torchrun / accelerate launch: this process's share of the files
     try:
         paths = find_images(args.paths)
         predictor = Predictor.from_pretrained(
             args.model[0],
-            device=args.device,
+            device=shard.device(args.device),
             precision=args.precision,
             thresholds_file=args.thresholds,
             explainer=args.explainer,
@@ -97,11 +100,13 @@ def main(argv: list[str] | None = None) -> int:
     if heatmap_dir:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     try:
-        csv = PredictionsCSV(args.output, heatmaps=heatmap_dir is not None, resume=args.resume)
+        csv = PredictionsCSV(shard.csv_path(args.output), heatmaps=heatmap_dir is not None, resume=args.resume)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    todo = [path for path in paths if str(path) not in csv.done]
+    pending = shard.pending(paths, args.output, args.resume)
+    todo = [path for path in shard.take(pending) if str(path) not in csv.done]
+    csv.taken |= shard.others_heatmap_names(pending, csv.taken)
     if csv.done:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
     written, skipped, no_results = 0, [], []
@@ -123,8 +128,12 @@ def main(argv: list[str] | None = None) -> int:
                     no_results.append(str(err))
             csv.write(result, heatmap_path)
             written += 1
+    if shard.sharded:
+        shard.wait_for_everyone()
+        if shard.rank == 0:
+            print(f"merged {merge_shards(args.output, shard, pending, args.resume)} rows into {args.output}")
     print(
-        f"wrote {written} predictions to {args.output}"
+        f"wrote {written} predictions to {csv.path}"
         + (f" ({len(paths) - len(todo)} already there)" if csv.done else "")
         + (f", heatmaps in {heatmap_dir}" if heatmap_dir else "")
         + (f", DICOM results in {args.dicom_output}" if args.dicom_output else "")
