@@ -11,7 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +27,8 @@ from .spool import Spool
 logger = logging.getLogger(__name__)
 
 STUDY_UID, SERIES_UID, SOP_CLASS_UID, SOP_UID = "0020000D", "0020000E", "00080016", "00080018"
+QIDO_PAGE = 1000  # matches asked for per QIDO-RS request
+MAX_QIDO_MATCHES = 10_000_000  # a bound on one search's pages, far above any archive's studies
 
 
 @dataclass(frozen=True, order=True)
@@ -68,16 +70,37 @@ def _value(item: dict, tag: str) -> str | None:
     return values[0]
 
 
+def search_all(search: Callable[..., list[dict]], key: str, page: int = QIDO_PAGE, **options) -> list[dict]:
+    """Every match of a QIDO-RS search, a page (``limit``/``offset``) at a time. Stops at a short page, or at a
+    page with nothing new: a server that ignores ``offset`` answers the same page again (so dicomweb-client's
+    ``get_remaining`` never ends against one)."""
+    found: dict[str, dict] = {}
+    for offset in range(0, MAX_QIDO_MATCHES, page):
+        items = search(limit=page, offset=offset, **options)
+        new = {_value(item, key): item for item in items if _value(item, key) not in found}
+        found.update(new)
+        if len(items) == page and not new:
+            logger.warning(
+                "the server answered the same %d matches at offset %d: it ignores QIDO offsets, so "
+                "only these are used; narrow the search (e.g. by StudyDate) to get all",
+                page,
+                offset,
+            )
+        if len(items) < page or not new:
+            break
+    return list(found.values())
+
+
 def find_films(client, studies: Sequence[str] = (), query: dict[str, str] | None = None) -> list[FilmReference]:
     """The CR/DX films of the given studies and of the studies matching ``query``, sorted, each once."""
     studies = list(studies)
     if query:
-        found = client.search_for_studies(search_filters=query, get_remaining=True)
+        found = search_all(client.search_for_studies, STUDY_UID, search_filters=query)
         studies += [uid for uid in (_value(item, STUDY_UID) for item in found) if uid]
     films = set()
     for study in dict.fromkeys(studies):
-        for item in client.search_for_instances(
-            study_instance_uid=study, fields=[SOP_CLASS_UID, SERIES_UID], get_remaining=True
+        for item in search_all(
+            client.search_for_instances, SOP_UID, study_instance_uid=study, fields=[SOP_CLASS_UID, SERIES_UID]
         ):
             if _value(item, SOP_CLASS_UID) in FILM_SOP_CLASSES:
                 films.add(FilmReference(study, _value(item, SERIES_UID), _value(item, SOP_UID)))
