@@ -3,6 +3,7 @@
     python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/] \
         [--explainer grad_rollout|gradcam|rollout] [--num_workers 2] [--resume] [--dicom_output results/]
     python scripts/predict.py --backend onnx --model outputs/quickstart_onnx xrays/ --output preds.csv
+    torchrun --nproc_per_node 4 scripts/predict.py --model outputs/quickstart archive/ --output preds.csv [--resume]
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
@@ -14,7 +15,8 @@ precision as the Trainer's evaluation and the evaluation report; --backend onnx 
 gradients). Rows are written as images are done (--num_workers processes decode them), so a killed run keeps what
 it wrote and --resume skips the files already in the CSV. Heatmaps come from the explainer registry that
 evaluate.py --bbox_csv scores: --explainer, else the default, else gradcam where the model's family needs it; an
---explainer that cannot explain the model is an error.
+--explainer that cannot explain the model is an error. Under torchrun or accelerate launch each process predicts
+its share of the files into its own CSV and rank 0 merges them into --output (docs/speed.md, "Many films").
 --dicom_output DIR writes, for each DICOM input, a TID 1500 SR of its probabilities and calls and (PyTorch backend)
 a heatmap Secondary Capture per positive finding, in the film's study, as DIR/<SOPInstanceUID>.dcm (docs/dicom.md).
 
