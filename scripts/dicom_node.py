@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_wait", type=float, default=0.5, help="Seconds to wait for a batch to fill.")
     parser.add_argument("--retry_interval", type=float, default=10.0, help="Seconds between tries of a down peer.")
     parser.add_argument("--log_level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
-    add_runtime_arguments(parser, batch_size=16, workers="unused by the node (it decodes in its worker thread).")
+    add_runtime_arguments(parser, batch_size=16)
     args = parser.parse_args(argv)
     check_runtime_arguments(parser, args)
 

@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", required=True, help="The predictions CSV.")
     parser.add_argument("--output_dir", help="The work queue and the results sent (default: <output>.dicomweb/).")
     parser.add_argument("--resume", action="store_true", help="Continue a killed run with the same --output.")
-    add_runtime_arguments(parser, batch_size=16, workers="unused (films are fetched and decoded in turn).")
+    add_runtime_arguments(parser, batch_size=16)
     args = parser.parse_args(argv)
     check_runtime_arguments(parser, args)
     if not args.study and not args.query:
