@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     csv.taken |= shard.others_heatmap_names(pending, csv.taken)
     if csv.done:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
-    written, skipped, no_results = 0, [], []
+    written, skipped, no_results, dicom_written = 0, [], [], 0
     algorithm = algorithm_info(predictor, args.model[0], args.thresholds) if args.dicom_output else None
     top_k = args.heatmap_top_k if heatmap_dir else 0
     with csv:
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 result.heatmap.save(heatmap_path)
             if algorithm is not None:
                 try:
-                    write_film_results(predictor, result, algorithm, args.dicom_output)
+                    dicom_written += len(write_film_results(predictor, result, algorithm, args.dicom_output))
                 except ValueError as err:  # predicted, but its header cannot hold results: named at the end
                     no_results.append(str(err))
             csv.write(result, heatmap_path)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         f"wrote {written} predictions to {csv.path}"
         + (f" ({len(paths) - len(todo)} already there)" if csv.done else "")
         + (f", heatmaps in {heatmap_dir}" if heatmap_dir else "")
-        + (f", DICOM results in {args.dicom_output}" if args.dicom_output else "")
+        + (f", {dicom_written} DICOM results in {args.dicom_output}" if args.dicom_output else "")
     )
     if no_results:
         print(f"no DICOM results for {len(no_results)} file(s):", *no_results, sep="\n  ", file=sys.stderr)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,3 +93,32 @@ def test_compressed_files_decode_to_the_uncompressed_pixels(case, uncompressed, 
     else:
         assert 0 < error.mean() <= LOSSY_MEAN_ERROR * (2**bits - 1), case
         assert film_error.mean() <= LOSSY_MEAN_GREY_LEVELS and film_error.max() <= LOSSY_MAX_GREY_LEVELS, case
+
+
+# A fresh interpreter in which pylibjpeg and pylibjpeg-libjpeg cannot be imported: as if they were not installed.
+_WITHOUT_LIBJPEG = """
+import importlib.abc, sys
+class NotInstalled(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("libjpeg", "pylibjpeg"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NotInstalled())
+from cxr_vit.data.images import XrayReadError, read_xray
+try:
+    read_xray(sys.argv[1])
+except XrayReadError as err:
+    print(err)
+"""
+
+
+def test_a_missing_decoder_is_named_with_the_packages_that_provide_it(uncompressed, tmp_path):
+    if shutil.which("dcmcjpeg") is None:
+        pytest.skip("dcmcjpeg is not installed (Debian package dcmtk; .ci/run installs it)")
+    compressed = tmp_path / "lossless.dcm"
+    subprocess.run(["dcmcjpeg", "+e1", str(uncompressed[12]), str(compressed)], check=True, capture_output=True)
+    result = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_LIBJPEG, str(compressed)], capture_output=True, text=True, check=True
+    )
+    assert f"{compressed}: compressed with transfer syntax JPEG Lossless" in result.stdout
+    assert "no decoder for it is installed" in result.stdout
+    assert "pip install 'pylibjpeg>=2.0' 'pylibjpeg-libjpeg>=2.1'" in result.stdout

@@ -8,6 +8,8 @@ tiny random-init one of ``tests/conftest.py``, whose stored thresholds make Effu
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -58,7 +60,7 @@ def films(tmp_path_factory) -> dict[str, Path]:
         "png": folder / "plain.png",
     }
     ds = pydicom.dcmread(files["small"])
-    ds.PatientOrientation, ds.ImagerPixelSpacing = ["L", "F"], [0.5, 0.5]
+    ds.PatientOrientation, ds.ImagerPixelSpacing = ["A", "FR"], [0.5, 0.5]  # a compound direction, as in rotated films
     ds.save_as(files["small"])
     ds = pydicom.dcmread(_film(files["no study"], small, study))
     del ds.StudyInstanceUID
@@ -68,15 +70,18 @@ def films(tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
-def predicted(model_dir, films, tmp_path_factory) -> tuple[pd.DataFrame, Path, int]:
-    """predict.py --dicom_output on the films' folder: (CSV rows by path, the results folder, exit code)."""
+def predicted(model_dir, films, tmp_path_factory) -> tuple[pd.DataFrame, Path, int, str]:
+    """predict.py --dicom_output on the films' folder: (CSV rows by path, the results folder, exit code, what it
+    printed)."""
     out = tmp_path_factory.mktemp("predicted")
     main = load_script(REPO / "scripts" / "predict.py").main
-    code = main(
-        ["--model", str(model_dir), str(films["wide"].parent), "--output", str(out / "p.csv")]
-        + ["--dicom_output", str(out / "dicom"), "--device", "cpu"]
-    )
-    return pd.read_csv(out / "p.csv", keep_default_na=False).set_index("path"), out / "dicom", code
+    with contextlib.redirect_stdout(io.StringIO()) as printed, contextlib.redirect_stderr(printed):
+        code = main(
+            ["--model", str(model_dir), str(films["wide"].parent), "--output", str(out / "p.csv")]
+            + ["--dicom_output", str(out / "dicom"), "--device", "cpu"]
+        )
+    rows = pd.read_csv(out / "p.csv", keep_default_na=False).set_index("path")
+    return rows, out / "dicom", code, printed.getvalue()
 
 
 def _results(folder: Path) -> dict[str, list[pydicom.Dataset]]:
@@ -119,8 +124,11 @@ def _groups(sr: pydicom.Dataset) -> dict[str, tuple[float, str | None, str]]:
 
 
 def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predicted, films):
-    rows, folder, code = predicted
+    rows, folder, code, printed = predicted
     assert code == 1  # the film without a study got its CSV row but no results, and is named
+    named = f"no DICOM results for 1 file(s):\n  {films['no study']}: no DICOM results written: the source DICOM"
+    assert f"{named} has no StudyInstanceUID" in printed
+    assert "wrote 4 predictions" in printed and "4 DICOM results in" in printed and "Traceback" not in printed
     assert set(rows.index) == {str(path) for path in films.values()}
     results = _results(folder)
     assert len(results["SR"]) == 2 and len(results["OT"]) == 2  # 2 films with a study; Effusion positive in each
@@ -150,6 +158,7 @@ def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predict
     for overlay in results["OT"]:
         source = by_uid[overlay.SourceImageSequence[0].ReferencedSOPInstanceUID]
         assert overlay.StudyInstanceUID == source.StudyInstanceUID and overlay.PatientID == source.PatientID
+        assert overlay.PatientOrientation == source.get("PatientOrientation", "")
         assert overlay.SOPClassUID == uid.SecondaryCaptureImageStorage and overlay.BurnedInAnnotation == "YES"
         assert list(overlay.ImageType[:2]) == ["DERIVED", "SECONDARY"]
         assert "NOT FOR CLINICAL USE" in overlay.SeriesDescription and "Effusion" in overlay.ImageComments
@@ -159,7 +168,7 @@ def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predict
 
 
 def test_results_pass_dciodvfy_and_dsrdump(predicted):
-    _, folder, _ = predicted
+    folder = predicted[1]
     for tool in ("dciodvfy", "dsrdump"):
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not installed (Debian package {'dicom3tools' if tool == 'dciodvfy' else 'dcmtk'})")

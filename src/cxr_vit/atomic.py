@@ -9,16 +9,22 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
+    """``write(temporary)`` to a temporary file beside ``path``, then rename it over ``path``."""
     path = Path(path)
     temporary = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text)
+    write(temporary)
     os.replace(temporary, path)
     return path
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    return write_atomic(path, lambda temporary: temporary.write_text(text))
 
 
 def write_json_atomic(path: str | os.PathLike, content: Any, **dumps_options) -> Path:

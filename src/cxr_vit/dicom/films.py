@@ -38,11 +38,12 @@ def write_film_results(
     if not is_dicom(path):
         return []
     source = pydicom.dcmread(path)
-    heatmaps = None
+    film = heatmaps = None
     if predictor.explainer is not None and prediction.positives:
-        heatmaps = film_heatmaps(predictor, dicom_to_gray(source, path), prediction.positives)
+        film = dicom_to_gray(source, path)
+        heatmaps = film_heatmaps(predictor, film, prediction.positives)
     try:
-        results = build_results(source, prediction.probabilities, predictor.thresholds, heatmaps, algorithm)
+        results = build_results(source, prediction.probabilities, predictor.thresholds, heatmaps, algorithm, film)
     except ValueError as err:
         raise ValueError(f"{path}: no DICOM results written: {err}") from err
     return write_results(results, folder)

@@ -21,6 +21,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import highdicom as hd
@@ -32,6 +33,7 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.sr.codedict import codes
 
 from .. import __version__
+from ..atomic import write_atomic
 from ..constants import LABELS
 from ..data.images import dicom_to_gray
 from ..public_names import model_reference
@@ -113,6 +115,7 @@ def build_results(
     thresholds: Sequence[float] | None,
     heatmaps: dict[str, np.ndarray] | None,
     algorithm: AlgorithmInfo,
+    film: Image.Image | None = None,
 ) -> list[Dataset]:
     """The SR, then one overlay Secondary Capture per positive label that has a heatmap.
 
@@ -123,6 +126,8 @@ def build_results(
         heatmaps: label -> map in ``[0, 1]`` over the whole film (any resolution, the film's aspect), e.g. from
             :func:`cxr_vit.dicom.film_heatmaps`; 0 (or NaN) leaves the film as it is.
         algorithm: the identification written into every object.
+        film: the source as :func:`cxr_vit.data.images.dicom_to_gray` renders it, when the caller has it already
+            (decoded once here otherwise, if an overlay is made).
     """
     probabilities = [float(p) for p in probabilities]
     source = _with_patient_and_study(source)
@@ -132,8 +137,10 @@ def build_results(
     results = [_structured_report(source, probabilities, thresholds, positive, algorithm)]
     for index, label in enumerate(LABELS):
         if positive and positive[index] and heatmaps and label in heatmaps:
+            if film is None:
+                film = dicom_to_gray(source, f"SOP Instance {source.SOPInstanceUID}")
             caption = f"{label} p={probabilities[index]:.2f} (threshold {thresholds[index]:.2f})"
-            results.append(_overlay(source, index, heatmaps[label], caption, algorithm))
+            results.append(_overlay(source, film, index, heatmaps[label], caption, algorithm))
     return results
 
 
@@ -167,17 +174,14 @@ def _with_patient_and_study(source: Dataset) -> Dataset:
 
 
 def write_results(results: Sequence[Dataset], folder: str | os.PathLike) -> list[Path]:
-    """Save each object as ``<folder>/<SOPInstanceUID>.dcm`` (written then renamed, so a file there is whole)."""
+    """Save each object as ``<folder>/<SOPInstanceUID>.dcm``, written then renamed, so a file there is whole."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for dataset in results:
-        path = folder / f"{dataset.SOPInstanceUID}.dcm"
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-        dataset.save_as(partial, enforce_file_format=True)
-        os.replace(partial, path)
-        paths.append(path)
-    return paths
+    return [write_atomic(folder / f"{dataset.SOPInstanceUID}.dcm", partial(_save, dataset)) for dataset in results]
+
+
+def _save(dataset: Dataset, path: Path) -> None:
+    dataset.save_as(path, enforce_file_format=True)
 
 
 def _structured_report(
@@ -259,20 +263,20 @@ def _declare_private_scheme(dataset: Dataset) -> None:
     dataset.CodingSchemeIdentificationSequence = DicomSequence([item])
 
 
-def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, algorithm: AlgorithmInfo) -> Dataset:
+def _overlay(
+    source: Dataset, film: Image.Image, index: int, heatmap: np.ndarray, caption: str, algorithm: AlgorithmInfo
+) -> Dataset:
     """A Secondary Capture of the film (shrunk to ``OVERLAY_MAX_SIDE``) with the heatmap and caption burned in."""
-    film = dicom_to_gray(source, f"SOP Instance {source.SOPInstanceUID}")
     scale = min(1.0, OVERLAY_MAX_SIDE / max(film.size))
     film = film.resize((max(1, round(film.width * scale)), max(1, round(film.height * scale))), Image.BICUBIC)
     pixels = burn_in(film, heatmap, [caption, f"cxr-vit heatmap, {NOT_FOR_CLINICAL_USE}"])
-    orientation = tuple(source.get("PatientOrientation") or ()) or None  # the film's rows/columns, kept by resizing
     image = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=source,
         pixel_array=pixels,
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        patient_orientation=orientation or ("L", "F"),  # highdicom wants one; replaced below when the film has none
+        patient_orientation=("L", "F"),  # highdicom wants one it knows; replaced below by the film's
         series_instance_uid=_series_uid(source, algorithm, "overlay"),
         series_number=OVERLAY_SERIES_NUMBER,
         sop_instance_uid=result_uid(source, algorithm, "overlay", LABELS[index]),
@@ -281,8 +285,8 @@ def _overlay(source: Dataset, index: int, heatmap: np.ndarray, caption: str, alg
         transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian,
         series_description=OVERLAY_SERIES_DESCRIPTION,
     )
-    if orientation is None:
-        image.PatientOrientation = ""  # Type 2: empty means unknown, as the film's own absence said
+    # The film's rows and columns keep their directions through the resize; empty (Type 2: unknown) if it has none.
+    image.PatientOrientation = source.get("PatientOrientation", "")
     image.Laterality = source.get("Laterality", "")  # Type 2C for a paired part: the film's, or unknown
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.BurnedInAnnotation = "YES"
