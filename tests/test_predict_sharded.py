@@ -11,6 +11,8 @@ import sys
 from conftest import MINI_IMAGES, REPO
 from inference_helpers import load_script
 
+from cxr_vit.constants import LABELS
+
 
 def test_torchrun_shards_files_and_merges_one_csv_equal_to_a_single_process(model_dir, tmp_path):
     images = tmp_path / "images"
@@ -45,3 +47,17 @@ def test_torchrun_shards_files_and_merges_one_csv_equal_to_a_single_process(mode
     assert not list(tmp_path.glob("sharded.shard*"))
     # the two films that share a stem (one per process) get the names a single process gives them
     assert sorted(os.listdir(sharded_maps)) == sorted(os.listdir(single_maps))
+
+
+def test_a_resumed_run_with_nothing_left_keeps_the_merged_csv(tmp_path):
+    from cxr_vit.prediction import PredictionsCSV, Shard, merge_shards
+
+    output = tmp_path / "preds.csv"
+    output.write_text("path," + ",".join(LABELS) + ",positives\na.png," + ",".join(["0.500000"] * 15) + ",\n")
+    before = output.read_text()
+    shard = Shard(0, 2)
+    for rank in range(2):  # each process of the resumed run opens its (empty) shard and predicts nothing
+        PredictionsCSV(Shard(rank, 2).csv_path(output), resume=True).close()
+    assert merge_shards(output, shard, order=[], resume=True) == 1
+    assert output.read_text() == before
+    assert not list(tmp_path.glob("preds.shard*"))

@@ -452,10 +452,14 @@ def merge_shards(output: str | os.PathLike, shard: Shard, order: Sequence[Path],
     parts = [Shard(rank, shard.world).csv_path(output) for rank in range(shard.world)]
     read = lambda path: pd.read_csv(path, dtype={"path": str, "heatmap": str}, keep_default_na=False)  # noqa: E731
     earlier = read(output) if resume and output.is_file() and output.stat().st_size > 0 else None
-    new = pd.concat([read(part) for part in parts if part.is_file()], ignore_index=True)
-    position = {str(path): index for index, path in enumerate(order)}
-    new = new.assign(_order=new["path"].map(position).fillna(len(position))).sort_values("_order", kind="stable")
-    merged = pd.concat([frame for frame in (earlier, new.drop(columns="_order")) if frame is not None])
+    frames = [] if earlier is None else [earlier]
+    written = [read(part) for part in parts if part.is_file()]
+    if written:  # none when everything was in the output already
+        new = pd.concat(written, ignore_index=True)
+        position = {str(path): index for index, path in enumerate(order)}
+        new = new.assign(_order=new["path"].map(position).fillna(len(position))).sort_values("_order", kind="stable")
+        frames.append(new.drop(columns="_order"))
+    merged = pd.concat(frames, ignore_index=True)
     merged = merged.drop_duplicates("path", keep="first")
     float_columns = list(LABELS)
     merged[float_columns] = merged[float_columns].astype(float)
