@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ from .intake import FILM_SOP_CLASSES, MalformedFilmError, check_film
 from .processing import predict_queued
 from .results import AlgorithmInfo
 from .sending import CStoreDestination, DeliveryError, StowDestination, deliver
-from .spool import Spool
+from .spool import Spool, is_uid
 
 logger = logging.getLogger(__name__)
 
@@ -103,8 +104,8 @@ class DicomNode:
             ds = event.dataset
             ds.file_meta = event.file_meta
             check_film(ds)
-            if ds.SOPInstanceUID != uid:
-                raise MalformedFilmError("its SOP Instance UID differs from the request's")
+            if ds.SOPInstanceUID != uid or not is_uid(uid):
+                raise MalformedFilmError("its SOP Instance UID is not a UID or differs from the request's")
         except MalformedFilmError as err:
             logger.warning("refused film %s from %s: %s", uid, caller, err)
             return STATUS_NOT_MATCHING_SOP_CLASS
@@ -149,8 +150,12 @@ class DicomNode:
                 continue
             try:
                 self._predict(films)
-            except Exception:  # a bug or a full disk must not end the node silently: say so and try again
-                logger.exception("prediction of %d film(s) failed; retrying in %.1f s", len(films), self.retry_interval)
+            except Exception as err:  # a bug or a full disk must not end the node silently: say so and try again
+                where = traceback.extract_tb(err.__traceback__)[-1]  # not the message: it may quote a header value
+                logger.error(
+                    "prediction of %d film(s) failed (%s at %s:%d); retrying in %.1f s",
+                    len(films), type(err).__name__, where.filename, where.lineno, self.retry_interval,
+                )  # fmt: skip
                 self._stopping.wait(self.retry_interval)
 
     # ---- sending --------------------------------------------------------------------------------------------------

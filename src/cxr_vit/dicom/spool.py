@@ -43,10 +43,15 @@ def write_durably(path: Path, data: bytes) -> None:
     fsync_folder(path.parent)
 
 
+def is_uid(text: str) -> bool:
+    """Whether ``text`` looks like a DICOM UID: digits and dots, at most 64 characters (so a safe file name)."""
+    return bool(text) and len(text) <= 64 and all(c in "0123456789." for c in text) and text.strip(".") == text
+
+
 def safe_name(uid: str) -> str:
-    """A SOP Instance UID as a file name; anything that is not a UID (digits and dots) is refused."""
-    if not uid or len(uid) > 64 or any(c not in "0123456789." for c in uid):
-        raise ValueError(f"not a DICOM UID: {uid!r}")
+    """A SOP Instance UID as a file name; anything that is not a UID is refused."""
+    if not is_uid(uid):
+        raise ValueError("not a DICOM UID")
     return uid
 
 
