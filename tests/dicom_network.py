@@ -136,10 +136,10 @@ def sr_probabilities(sr: pydicom.Dataset) -> dict[str, float]:
 
 def start_node_process(arguments: Sequence[str], log: Path) -> tuple[subprocess.Popen, int]:
     """scripts/dicom_node.py in its own process (stderr to ``log``), and the port it says it listens on."""
-    handle = log.open("ab")
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "scripts" / "dicom_node.py"), *arguments], stdout=handle, stderr=handle
-    )
+    with log.open("ab") as handle:  # the child keeps its own copy
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "scripts" / "dicom_node.py"), *arguments], stdout=handle, stderr=handle
+        )
     pattern = re.compile(r"listening on 127\.0\.0\.1:(\d+)")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

@@ -74,8 +74,8 @@ def orthanc(tmp_path_factory):
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
     (folder / "config.json").write_text(json.dumps(config))
-    log = (folder / "orthanc.log").open("wb")
-    process = subprocess.Popen([ORTHANC, str(folder / "config.json")], stdout=log, stderr=log)
+    with (folder / "orthanc.log").open("wb") as log:  # the child keeps its own copy
+        process = subprocess.Popen([ORTHANC, str(folder / "config.json")], stdout=log, stderr=log)
     url = f"http://127.0.0.1:{http_port}"
     try:
         wait_until(lambda: _answers(url), 60, "Orthanc to answer")
