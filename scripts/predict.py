@@ -3,6 +3,7 @@
     python scripts/predict.py --model outputs/quickstart xrays/ one.png --output preds.csv [--heatmaps heatmaps/] \
         [--explainer grad_rollout|gradcam|rollout] [--num_workers 2] [--resume] [--dicom_output results/]
     python scripts/predict.py --backend onnx --model outputs/quickstart_onnx xrays/ --output preds.csv
+    torchrun --nproc_per_node 4 scripts/predict.py --model outputs/quickstart archive/ --output preds.csv [--resume]
 
 PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale, RGB, RGBA and 16-bit all
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
@@ -14,7 +15,8 @@ precision as the Trainer's evaluation and the evaluation report; --backend onnx 
 gradients). Rows are written as images are done (--num_workers processes decode them), so a killed run keeps what
 it wrote and --resume skips the files already in the CSV. Heatmaps come from the explainer registry that
 evaluate.py --bbox_csv scores: --explainer, else the default, else gradcam where the model's family needs it; an
---explainer that cannot explain the model is an error.
+--explainer that cannot explain the model is an error. Under torchrun or accelerate launch each process predicts
+its share of the files into its own CSV and rank 0 merges them into --output (docs/speed.md, "Many films").
 --dicom_output DIR writes, for each DICOM input, a TID 1500 SR of its probabilities and calls and (PyTorch backend)
 a heatmap Secondary Capture per positive finding, in the film's study, as DIR/<SOPInstanceUID>.dcm (docs/dicom.md).
 
@@ -34,9 +36,11 @@ from cxr_vit.prediction import (
     ModelLoadError,
     PredictionsCSV,
     Predictor,
+    Shard,
     UnreadableImageError,
     find_images,
     heatmap_file_name,
+    merge_shards,
     predict_files,
 )
 
@@ -69,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.explainer and not args.heatmaps:
         parser.error("--explainer draws the --heatmaps: give --heatmaps DIR too")
 
+    shard = Shard.from_environment()  # under torchrun / accelerate launch: this process's share of the files
     try:
         paths = find_images(args.paths)
         predictor = Predictor.from_pretrained(
             args.model[0],
-            device=args.device,
+            device=shard.device(args.device),
             precision=args.precision,
             thresholds_file=args.thresholds,
             explainer=args.explainer,
@@ -97,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     if heatmap_dir:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     try:
-        csv = PredictionsCSV(args.output, heatmaps=heatmap_dir is not None, resume=args.resume)
+        csv = PredictionsCSV(shard.csv_path(args.output), heatmaps=heatmap_dir is not None, resume=args.resume)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    todo = [path for path in paths if str(path) not in csv.done]
+    pending = shard.pending(paths, args.output, args.resume)
+    todo = [path for path in shard.take(pending) if str(path) not in csv.done]
+    csv.taken |= shard.others_heatmap_names(pending, csv.taken)
     if csv.done:
         print(f"resuming: {len(paths) - len(todo)} of {len(paths)} files are already in {args.output}", file=sys.stderr)
     written, skipped, no_results, dicom_written = 0, [], [], 0
@@ -123,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
                     no_results.append(str(err))
             csv.write(result, heatmap_path)
             written += 1
+    if shard.sharded:
+        shard.wait_for_everyone()
+        if shard.rank == 0:
+            print(f"merged {merge_shards(args.output, shard, pending, args.resume)} rows into {args.output}")
     print(
-        f"wrote {written} predictions to {args.output}"
+        f"wrote {written} predictions to {csv.path}"
         + (f" ({len(paths) - len(todo)} already there)" if csv.done else "")
         + (f", heatmaps in {heatmap_dir}" if heatmap_dir else "")
         + (f", {dicom_written} DICOM results in {args.dicom_output}" if args.dicom_output else "")

@@ -75,10 +75,11 @@ def public_dataset(args: argparse.Namespace, dataset) -> DatasetReference:
     return dataset_reference(args.dataset_name, args.dataset_repo, args.split_seed, splits)
 
 
-def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int, workers: str) -> None:
-    """``--batch_size``, ``--num_workers``, ``--device`` and ``--precision``."""
+def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int, workers: str | None = None) -> None:
+    """``--batch_size``, ``--num_workers`` (where ``workers`` says what they do), ``--device`` and ``--precision``."""
     parser.add_argument("--batch_size", type=int, default=batch_size)
-    parser.add_argument("--num_workers", type=int, default=0, help=workers)
+    if workers is not None:
+        parser.add_argument("--num_workers", type=int, default=0, help=workers)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
     parser.add_argument(
         "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU with native bf16, else fp32."

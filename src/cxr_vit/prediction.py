@@ -366,3 +366,104 @@ def heatmap_file_name(path: str | os.PathLike, taken: set[str]) -> str:
         name = f"{stem}_{counter}_heatmap.png"
     taken.add(name)
     return name
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's share of a prediction run started by ``torchrun`` or ``accelerate launch`` (which set
+    ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``), on one machine or several; one process without them.
+
+    Each process predicts every ``world``-th file into its own CSV beside the output
+    (``<stem>.shard<rank>-of-<world>.csv``, resumable like the output itself); once all are done, rank 0 merges
+    them into the one output CSV, in the order a single process would have written it (:func:`merge_shards`).
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_environment(cls) -> Shard:
+        env = os.environ
+        return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+
+    @property
+    def sharded(self) -> bool:
+        return self.world > 1
+
+    def device(self, requested: str | None) -> str | None:
+        """``requested``, else this process's own GPU when sharded on a machine with GPUs (else the default)."""
+        if requested is None and self.sharded and torch.cuda.is_available():
+            return f"cuda:{self.local_rank % torch.cuda.device_count()}"
+        return requested
+
+    def take(self, paths: Sequence[Path]) -> list[Path]:
+        """Every ``world``-th path from ``rank``: shares that differ by at most one file."""
+        return list(paths[self.rank :: self.world])
+
+    def csv_path(self, output: str | os.PathLike) -> Path:
+        """The CSV this process writes: the output itself, or its shard when sharded."""
+        output = Path(output)
+        if not self.sharded:
+            return output
+        return output.with_name(f"{output.stem}.shard{self.rank}-of-{self.world}{output.suffix or '.csv'}")
+
+    def pending(self, paths: Sequence[Path], output: str | os.PathLike, resume: bool) -> list[Path]:
+        """The files not yet in the merged ``output`` (all of ``paths`` unless sharded and resuming), in order:
+        the same list in every process, which then takes its share of it."""
+        output = Path(output)
+        if not (self.sharded and resume and output.is_file() and output.stat().st_size > 0):
+            return list(paths)
+        done = set(pd.read_csv(output, usecols=["path"], dtype={"path": str}, keep_default_na=False)["path"])
+        return [path for path in paths if str(path) not in done]
+
+    def others_heatmap_names(self, pending: Sequence[Path], taken: set[str]) -> set[str]:
+        """The heatmap file names the other processes give their files, so that names stay those a single process
+        would give (:func:`heatmap_file_name` numbers files that share a stem in the order they come)."""
+        if not self.sharded:
+            return set()
+        names, taken = set(), set(taken)
+        for index, path in enumerate(pending):
+            name = heatmap_file_name(path, taken)
+            if index % self.world != self.rank:
+                names.add(name)
+        return names
+
+    def wait_for_everyone(self) -> None:
+        """A barrier over all processes (gloo, which every machine has: only this handshake goes through it)."""
+        if not self.sharded:
+            return
+        import datetime
+
+        import torch.distributed as dist
+
+        if not dist.is_initialized():  # a share of millions of films can take a day: wait that long, not 30 min
+            dist.init_process_group("gloo", timeout=datetime.timedelta(days=2))
+        dist.barrier()
+
+
+def merge_shards(output: str | os.PathLike, shard: Shard, order: Sequence[Path], resume: bool = False) -> int:
+    """Rank 0's last step: the rows of every shard CSV (and, resuming, those already in ``output``) into ``output``,
+    each path once, new rows in ``order`` (the files as a single process would have taken them); replaced whole,
+    then the shard CSVs are removed. Returns the number of rows."""
+    from .atomic import write_text_atomic
+
+    output = Path(output)
+    parts = [Shard(rank, shard.world).csv_path(output) for rank in range(shard.world)]
+    read = lambda path: pd.read_csv(path, dtype={"path": str, "heatmap": str}, keep_default_na=False)  # noqa: E731
+    earlier = read(output) if resume and output.is_file() and output.stat().st_size > 0 else None
+    frames = [] if earlier is None else [earlier]
+    written = [read(part) for part in parts if part.is_file()]
+    if written:  # none when everything was in the output already
+        new = pd.concat(written, ignore_index=True)
+        position = {str(path): index for index, path in enumerate(order)}
+        new = new.assign(_order=new["path"].map(position).fillna(len(position))).sort_values("_order", kind="stable")
+        frames.append(new.drop(columns="_order"))
+    merged = pd.concat(frames, ignore_index=True)
+    merged = merged.drop_duplicates("path", keep="first")
+    float_columns = list(LABELS)
+    merged[float_columns] = merged[float_columns].astype(float)
+    write_text_atomic(output, merged.to_csv(index=False, float_format="%.6f"))
+    for part in parts:
+        part.unlink(missing_ok=True)
+    return len(merged)
