@@ -38,6 +38,7 @@ from .inference import Classifier, forward_logits
 from .modeling import data_config, timm_state_dict
 from .onnx_model import EXPORT_FILE, INPUT_NAME, ONNX_FILE, OUTPUT_NAME, create_session
 from .prediction import load_model
+from .public_names import dataset_reference
 
 QUANTIZATIONS = ("int8", "int8_static")
 STATIC_OP_TYPES = ("MatMul", "Gemm", "Conv")  # the GEMMs: nearly all of a ViT's FLOPs
@@ -116,7 +117,8 @@ def calibration_from_dataset(
     dataset = dataset.select(range(min(images, len(dataset))))
     classifier = Classifier(model, device="cpu", precision="fp32")
     batches = [classifier.inputs(batch["pixel_values"]).numpy() for batch in classifier.loader(dataset, batch_size)]
-    source = {"dataset": Path(str(dataset_name)).name, "split": split, "split_seed": split_seed}
+    name = dataset_reference(dataset_name, split_seed=split_seed).name  # export.json may be published: no local path
+    source = {"dataset": name, "split": split, "split_seed": split_seed}
     return Calibration(batches, {**source, "images": len(dataset)})
 
 
