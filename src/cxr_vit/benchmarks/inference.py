@@ -82,8 +82,9 @@ class InferenceBenchmarkArguments:
         default=None, metadata={"help": "512-bit FMAs a core issues a cycle, where the vendor/family rule is wrong."}
     )
     planted_model: str | None = field(default=None, metadata={"help": "A trained model: bf16's and int8's AUC change."})
-    planted_dataset: str | None = field(default=None, metadata={"help": "Its prepared dataset (validation: static "
-                                        "calibration; test: AUC)."})  # fmt: skip
+    planted_dataset: str | None = field(
+        default=None, metadata={"help": "Its prepared dataset: validation calibrates static int8, test gives the AUC."}
+    )
 
     def __post_init__(self):
         if (self.planted_model is None) != (self.planted_dataset is None):
