@@ -8,8 +8,9 @@ Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, whic
 config.json (0.5 when there are none; the page says which). Heatmaps come from the explainer registry that the
 evaluation report scores (cxr_vit.evaluation.explainers): --explainer, else the default, else gradcam where the
 model's family needs it; a model no explainer supports is served without heatmaps, and the page says why.
---backend onnx serves an export folder of scripts/export_onnx.py with ONNX Runtime (CPU, no heatmaps). Research
-demo, not for clinical use.
+--backend onnx serves an export folder of scripts/export_onnx.py with ONNX Runtime (CPU, no heatmaps). --precision
+auto (bf16 where the device computes it natively) is the scripts' option; the page says what computed each result.
+Research demo, not for clinical use.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import gradio as gr
 from PIL import Image
 
 from cxr_vit import LABELS, Predictor
-from cxr_vit.cli import add_backend_argument
+from cxr_vit.cli import add_backend_argument, add_precision_argument
 from cxr_vit.data.images import XrayReadError, xray_size
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError
 from cxr_vit.prediction import ModelLoadError, UnreadableImageError, read_image
@@ -74,7 +75,8 @@ def positives_markdown(predictor: Predictor, probabilities: dict[str, float]) ->
         if probabilities[label] >= thresholds[label]
     ]
     body = "\n".join(lines) if lines else "None of the 15 labels reaches its threshold."
-    return f"### Positive at the stored thresholds\n{body}\n\n<small>{predictor.thresholds_source}</small>"
+    computed = f"computed in {predictor.runtime} on {predictor.device}"
+    return f"### Positive at the stored thresholds\n{body}\n\n<small>{predictor.thresholds_source}; {computed}</small>"
 
 
 def heatmap_label(predictor: Predictor) -> str:
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=None, help="Port (default: $GRADIO_SERVER_PORT or 7860).")
     parser.add_argument("--device", default=None, help="cpu, cuda ... (default: cuda if available).")
     add_backend_argument(parser)
+    add_precision_argument(parser)
     parser.add_argument(
         "--explainer",
         default=None,
@@ -135,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"give --model (a cxr-vit model folder or Hub id) or set {MODEL_ENV}")
     try:
         predictor = Predictor.from_pretrained(
-            args.model, device=args.device, explainer=args.explainer, backend=args.backend
+            args.model, device=args.device, precision=args.precision, explainer=args.explainer, backend=args.backend
         )
     except (ModelLoadError, ExplainerError, ValueError) as err:
         parser.exit(2, f"error: {err}\n")

@@ -7,10 +7,11 @@
     python scripts/benchmark.py --images_dir data/nih_sample/images --labels_csv data/nih_sample/sample_labels.csv \\
         --num_images 256 --output_json outputs/benchmark_gpu.json
 
-    # CPU inference: PyTorch eager / torch.compile / ONNX Runtime fp32 / int8, batch 1 and 32, and predict.py end to
-    # end on 1024 px PNGs (ViT-B/16 at 224 by default; a few minutes on a 2-core CPU)
+    # CPU inference: PyTorch eager fp32 / bf16 / torch.compile, ONNX Runtime fp32 / int8 dynamic / int8 static, batch
+    # 1 and 32, each against its precision's peak with the machine's load, and predict.py end to end on 1024 px PNGs
+    # (ViT-B/16 at 224 by default; a few minutes on a 2-core CPU)
     python scripts/benchmark.py --inference --output_json outputs/benchmark_inference.json \
-        [--planted_model DIR --planted_dataset DIR]
+        --inference_markdown outputs/benchmark_inference.md [--planted_model DIR --planted_dataset DIR]
 
 Prints a Markdown table (what each row measures and its number); GPU rows say "not measured yet" without CUDA.
 """
@@ -34,7 +35,12 @@ def main(args: BenchmarkArguments, inference_args: InferenceBenchmarkArguments |
             setattr(args, name, str(REPO / getattr(args, name)))
     if inference_args is not None and inference_args.inference:
         results = run_inference_benchmark(args, inference_args)
-        print(format_inference_table(results))
+        table = format_inference_table(results)
+        print(table)
+        if inference_args.inference_markdown:
+            Path(inference_args.inference_markdown).parent.mkdir(parents=True, exist_ok=True)
+            Path(inference_args.inference_markdown).write_text(table + "\n")
+            print(f"\nwrote {inference_args.inference_markdown}")
     else:
         results = run_benchmark(args)
         print(format_table(results))

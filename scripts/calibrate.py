@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     scaling = fit_calibration(logits_from_probabilities(probabilities), targets, bias=args.bias)
     # recorded in the calibrated config.json, which is published: names, not local paths
     fitted_on = {"model": model_reference(args.model), "dataset": public_dataset(args, dataset).name}
-    fitted_on.update(split=args.split, images=len(targets))
+    fitted_on.update(split=args.split, images=len(targets), precision=classifier.runtime)
     try:
         calibrated = calibrate_model(model, scaling, fitted_on)
     except ValueError as err:

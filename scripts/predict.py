@@ -9,7 +9,9 @@ PATH is a file or a folder (searched recursively for .png/.jpg/.jpeg; grayscale,
 work). preds.csv has one row per readable image: path, the 15 probabilities in canonical label order, and
 `positives`, the labels at or above the per-label thresholds: --thresholds (a thresholds.json of
 scripts/evaluate.py), else those evaluate.py --save_thresholds stored in the model's config.json, else 0.5 (the
-script says which). Unreadable files are named and skipped. Predictions go through the same preprocessing and
+script says which). preds.csv.json beside it records the precision, backend, device and thresholds used
+(--precision auto: bf16 where the device computes it natively, a GPU or a CPU with AVX512-BF16/AMX; else fp32).
+Unreadable files are named and skipped. Predictions go through the same preprocessing and
 precision as the Trainer's evaluation and the evaluation report; --backend onnx runs the model of an export folder
 (scripts/export_onnx.py) with ONNX Runtime instead, same preprocessing and thresholds, no heatmaps (they need
 gradients). Rows are written as images are done (--num_workers processes decode them), so a killed run keeps what
@@ -95,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no .png/.jpg/.jpeg files in {' '.join(args.paths)}", file=sys.stderr)
         return 2
     print(predictor.thresholds_source, file=sys.stderr)
+    print(f"computing in {predictor.runtime} on {predictor.device}", file=sys.stderr)
     if args.heatmaps:
         print(f"heatmaps: {predictor.explainer} ({predictor.explainer_source})", file=sys.stderr)
 
@@ -102,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if heatmap_dir:
         heatmap_dir.mkdir(parents=True, exist_ok=True)
     try:
-        csv = PredictionsCSV(shard.csv_path(args.output), heatmaps=heatmap_dir is not None, resume=args.resume)
+        csv = PredictionsCSV(
+            shard.csv_path(args.output), heatmaps=heatmap_dir is not None, resume=args.resume, record=predictor.record()
+        )
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

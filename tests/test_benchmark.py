@@ -142,8 +142,10 @@ def test_training_flops_grow_faster_than_the_pixels():
 
 
 def test_inference_benchmark_tiny(tmp_path):
-    """scripts/benchmark.py --inference's measurements on a tiny ViT: every backend and the end-to-end rows."""
+    """scripts/benchmark.py --inference's measurements on a tiny ViT: every backend, each against its precision's
+    peak with the load of its best round, and the end-to-end rows."""
     from cxr_vit.benchmarks.inference import (
+        BACKENDS,
         InferenceBenchmarkArguments,
         format_inference_table,
         run_inference_benchmark,
@@ -155,11 +157,71 @@ def test_inference_benchmark_tiny(tmp_path):
     args = InferenceBenchmarkArguments(inference=True, inference_batch_sizes="1,4", inference_seconds=0.2,
                                        inference_rounds=1, inference_compile=False, inference_e2e_images=4)  # fmt: skip
     results = run_inference_benchmark(bench, args)
-    assert set(results["throughput"]) == {1, 4}
+    backends = {"eager", "eager_bf16", "ort_fp32", "ort_int8", "ort_int8_static"}
+    assert set(results["throughput"]) == {1, 4} and set(results["throughput"][4]) == backends
     assert all(rate > 0 for rates in results["throughput"].values() for rate in rates.values())
-    assert set(results["throughput"][4]) == {"eager", "ort_fp32", "ort_int8"}
     assert results["exports"]["ort_fp32"]["fp32_check"]["max_abs_logit_diff"] <= 1e-4
-    assert {"ort_fp32", "ort_int8", "eager"} == set(results["profile"]["share_of_time"])
-    assert results["end_to_end"]["images"] == 4 and results["end_to_end"]["ort_int8_img_per_s"] > 0
+    assert results["exports"]["ort_int8_static"]["calibration"]["dataset"].startswith("seeded normal noise")
+    assert {"ort_fp32", "ort_int8", "ort_int8_static", "eager"} == set(results["profile"]["share_of_time"])
+    assert results["end_to_end"]["images"] == 4 and results["end_to_end"]["ort_int8_static_img_per_s"] > 0
+    # ViT-Ti/16 at 32 px: 4 patches + the class token, 12 blocks of 0.44 M multiply-adds a token: ~0.053 GFLOP
+    assert 0.05 < results["gflop_per_image"] < 0.06
+    assert {"fp32", "bf16", "int8"} == set(results["peaks"])
+    for size in (1, 4):
+        for name in backends:
+            fraction = results["peak_fraction"][size][name]
+            assert fraction is None or 0 < fraction < 1, (size, name, fraction)  # a tiny model is far from peak
+            assert results["load"][size][name]["own_cpus"] > 0 and results["load"][size][name]["wall_s"] > 0
     table = format_inference_table(json.loads(json.dumps(results)))  # as read back from the JSON
-    assert "| ONNX Runtime int8 (dynamic) |" in table and "decode only, one core" in table
+    assert "| ONNX Runtime int8 (static QDQ) | int8 |" in table and "decode only, one core" in table
+    assert "- fp32: " in table and "- load: " in table
+    assert all(label in table for label, _ in BACKENDS.values() if "compile" not in label)
+
+
+def test_a_loaded_or_above_peak_cell_is_not_given_as_the_figure():
+    """The table's rules: a cell timed while other work kept >= 0.1 CPU busy says "loaded", and one above its
+    precision's peak says it is a measurement error."""
+    from cxr_vit.benchmarks.inference import format_inference_table
+
+    row = {"wall_s": 1.0, "own_cpus": 2.0, "stolen_cpus": 0.0}
+    results = {
+        "throughput": {"32": {"eager": 5.0, "ort_int8": 40.0}},
+        "load": {
+            "32": {
+                "eager": {**row, "other_cpus": 0.85, "loaded": True},
+                "ort_int8": {**row, "other_cpus": 0.01, "loaded": False},
+            }
+        },  # fmt: skip
+        "peak_fraction": {"32": {"eager": 0.7, "ort_int8": 1.5}},
+        "clock": {"start_hz": 3.7e9, "end_hz": None, "how": "measured"},
+        "peaks": {"fp32": {"ops_per_s": 2.4e11, "basis": "b"}, "int8": {"ops_per_s": 9.5e11, "basis": "b"}},
+        "threads": 2,
+        "gflop_per_image": 35.1,
+        "machine": {"load_average_at_start": [0.1, 0.1, 0.1], "load_average_at_end": [0.2, 0.1, 0.1]},
+    }
+    table = format_inference_table(results)
+    assert "| PyTorch eager fp32 | fp32 | loaded (0.85 CPUs of other work), not a figure: 5.00, 70.0% |" in table
+    assert "40.00, 150.0% (above peak: a measurement error)" in table
+    assert "**loaded**: 1 cell(s)" in table
+
+
+def test_the_peak_follows_the_cpu_and_the_clock_is_measured():
+    """Zen 4 (this kind of CI machine): 16 fp32 FMA a cycle a core, bf16 2x, VNNI int8 4x; the clock is measured
+    (a dependent-add chain), not read from /proc/cpuinfo's nominal MHz."""
+    import platform
+
+    from cxr_vit.benchmarks.peak import cpu_peaks, measure_clock_hz
+
+    zen4 = frozenset({"avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni"})
+    peaks = cpu_peaks(2, 3.7e9, fma_override=1, flags=zen4)
+    assert peaks["fp32"]["ops_per_s"] == pytest.approx(2 * 16 * 2 * 3.7e9)  # ~237 GFLOP/s
+    assert peaks["bf16"]["ops_per_s"] == 2 * peaks["fp32"]["ops_per_s"]
+    assert peaks["int8"]["ops_per_s"] == 4 * peaks["fp32"]["ops_per_s"] and "VNNI" in peaks["int8"]["basis"]
+    plain = cpu_peaks(2, 3.0e9, fma_override=2, flags=frozenset({"avx2", "fma"}))
+    assert plain["fp32"]["macs_per_cycle_per_core"] == 16 and plain["bf16"] == {
+        **plain["fp32"],
+        "basis": plain["bf16"]["basis"],
+    }
+    if platform.machine() == "x86_64":
+        hz, how = measure_clock_hz(runs=20)
+        assert 0.5e9 < hz < 7e9 and how.startswith("measured")

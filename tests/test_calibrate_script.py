@@ -61,6 +61,7 @@ def test_config_and_card_record_the_temperatures_and_where_they_were_fitted(cali
         "dataset": dataset_reference(str(prepared_mini)).name,
         "split": "validation",
         "images": datasets.load_dataset(str(prepared_mini), split="validation").num_rows,
+        "precision": Classifier(load_model(original), device="cpu").runtime,  # --precision auto on this CPU
     }
     assert record["with_bias"] and record["bias_rule"].startswith("always")
     assert np.all(temperature > 0) and np.any(bias != 0)

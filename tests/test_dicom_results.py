@@ -81,6 +81,7 @@ def predicted(model_dir, films, tmp_path_factory) -> tuple[pd.DataFrame, Path, i
             + ["--dicom_output", str(out / "dicom"), "--device", "cpu"]
         )
     rows = pd.read_csv(out / "p.csv", keep_default_na=False).set_index("path")
+    rows.attrs["csv"] = str(out / "p.csv")
     return rows, out / "dicom", code, printed.getvalue()
 
 
@@ -154,6 +155,9 @@ def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predict
             assert call == (PRESENT if label == "Effusion" else ABSENT).value, label
             assert image == source.SOPInstanceUID
     assert len({sr.SeriesInstanceUID for sr in results["SR"]}) == 1  # one result series per study and model
+    precision = json.loads(Path(f"{rows.attrs['csv']}.json").read_text())["precision"]  # predict.py's own record
+    texts = [item.TextValue for item in _content_items(results["SR"][0]) if item.ValueType == "TEXT"]
+    assert any(text.startswith(f"computed in {precision} on ") for text in texts), texts
     by_uid = {source.SOPInstanceUID: source for source in sources.values()}
     for overlay in results["OT"]:
         source = by_uid[overlay.SourceImageSequence[0].ReferencedSOPInstanceUID]
@@ -162,6 +166,7 @@ def test_predict_writes_an_sr_and_an_overlay_per_dicom_film_in_its_study(predict
         assert overlay.SOPClassUID == uid.SecondaryCaptureImageStorage and overlay.BurnedInAnnotation == "YES"
         assert list(overlay.ImageType[:2]) == ["DERIVED", "SECONDARY"]
         assert "NOT FOR CLINICAL USE" in overlay.SeriesDescription and "Effusion" in overlay.ImageComments
+        assert f"computed in {precision} on " in overlay.ImageComments
         rows, columns, samples = overlay.pixel_array.shape  # the film, with the captions' band above it
         assert (columns, samples) == (source.Columns, 3) and rows > source.Rows
     assert len({overlay.SeriesInstanceUID for overlay in results["OT"]}) == 1

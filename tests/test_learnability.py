@@ -90,13 +90,18 @@ def test_every_output_states_the_same_test_aucs(learned, tmp_path):
     metrics = yaml.safe_load(card.split("---")[1])["model-index"][0]["results"][0]["metrics"]
     from_card = {m["name"].removeprefix("ROC-AUC "): m["value"] for m in metrics if m["name"].startswith("ROC-AUC ")}
 
+    # the Trainer evaluates in the training run's precision (fp32 on a CPU); --precision auto would be bf16 on a CPU
+    # with native bf16, within 1e-3 of it (test_bf16_autocast_...), so the 1e-4 comparison asks for fp32
     run("scripts/evaluate.py", "--model", str(learned), "--dataset_name", str(prepared), "--output_dir",
-        str(tmp_path / "report"), "--n_bootstrap", "50")  # fmt: skip
+        str(tmp_path / "report"), "--n_bootstrap", "50", "--precision", "fp32")  # fmt: skip
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["precision"] == "fp32"
 
     test = datasets.load_dataset(str(prepared), split="test")
     files = [str(learned.parent / "planted" / "images" / name) for name in test["image_id"]]
-    run("scripts/predict.py", "--model", str(learned), *files, "--output", str(tmp_path / "predictions.csv"))
+    run("scripts/predict.py", "--model", str(learned), *files, "--output", str(tmp_path / "predictions.csv"),
+        "--precision", "fp32")  # fmt: skip
+    assert json.loads((tmp_path / "predictions.csv.json").read_text())["precision"] == "fp32"
     predicted = pd.read_csv(tmp_path / "predictions.csv").set_index("path").loc[files, list(LABELS)]
     from_predict = label_scores(predicted.to_numpy(), np.asarray(test["labels"])).auc
 
@@ -109,6 +114,7 @@ def test_every_output_states_the_same_test_aucs(learned, tmp_path):
 
 
 def test_bf16_autocast_keeps_the_headline_within_1e_3_of_fp32(learned):
+    from cxr_vit.cpu_features import native_cpu_bf16
     from cxr_vit.inference import Classifier
     from cxr_vit.prediction import load_model
 
@@ -121,23 +127,39 @@ def test_bf16_autocast_keeps_the_headline_within_1e_3_of_fp32(learned):
         )
         headline[precision] = label_scores(probabilities, targets).macro()
     assert headline["bf16"] == pytest.approx(headline["fp32"], abs=1e-3), headline
+    # what --precision auto runs on this CPU: bf16 where it is native (AVX512-BF16 / AMX), which the limit covers
+    assert Classifier(model, device="cpu").precision == ("bf16" if native_cpu_bf16() else "fp32")
 
 
-def test_int8_onnx_changes_the_macro_auc_by_at_most_0_01(learned, tmp_path):
-    """ONNX Runtime's dynamic int8 export of the planted-signal model, through the same inference path."""
+def test_int8_onnx_dynamic_and_static_change_the_macro_auc_by_at_most_0_005(learned, tmp_path):
+    """ONNX Runtime's int8 exports of the planted-signal model through the same inference path: dynamic, and static
+    QDQ calibrated on the prepared set's validation images through scripts/export_onnx.py."""
+    from inference_helpers import load_script
+
     from cxr_vit.inference import Classifier
     from cxr_vit.onnx_export import export_onnx
     from cxr_vit.onnx_model import OnnxModel
     from cxr_vit.prediction import load_model
 
+    prepared = learned.parent / "prepared"
     record = export_onnx(learned, tmp_path / "int8", quantize="int8")
     assert record["quantize"] == "int8" and record["int8_check"]["max_abs_logit_diff"] > 0  # really quantized
-    test = datasets.load_dataset(str(learned.parent / "prepared"), split="test")
+    export = load_script(REPO / "scripts" / "export_onnx.py").main
+    static = ["--model", str(learned), "--output_dir", str(tmp_path / "int8_static"), "--quantize", "int8_static"]
+    assert export([*static, "--calibration_dataset", str(prepared), "--calibration_images", "64"]) == 0
+    record = json.loads((tmp_path / "int8_static" / "export.json").read_text())
+    assert record["calibration"]["split"] == "validation" and record["calibration"]["images"] == 64
+    assert record["int8_check"]["max_abs_logit_diff"] > 0
+    test = datasets.load_dataset(str(prepared), split="test")
     headline = {}
-    for name, model in (("fp32", load_model(learned)), ("int8", OnnxModel(tmp_path / "int8"))):
-        probabilities, targets = Classifier(model, device="cpu").predict_dataset(test, progress=False)
+    models = {"fp32": load_model(learned), "int8": OnnxModel(tmp_path / "int8"),
+              "int8_static": OnnxModel(tmp_path / "int8_static")}  # fmt: skip
+    for name, model in models.items():
+        probabilities, targets = Classifier(model, device="cpu", precision="fp32").predict_dataset(test, progress=False)
         headline[name] = label_scores(probabilities, targets).macro()
-    assert headline["fp32"] >= MACRO_FLOOR and abs(headline["int8"] - headline["fp32"]) <= 0.01, headline
+    assert headline["fp32"] >= MACRO_FLOOR, headline
+    assert abs(headline["int8"] - headline["fp32"]) <= 0.005, headline
+    assert abs(headline["int8_static"] - headline["fp32"]) <= 0.005, headline
 
 
 def test_the_datasets_pipeline_learns_as_well(tmp_path):

@@ -46,7 +46,8 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model_dir = root / "model"
     save_model(create_model(TINY_ARCH, pretrained=False, image_size=TINY_SIZE, model_kwargs={"depth": 2}), model_dir)
-    probabilities = Classifier(load_model(model_dir), device="cpu").predict_images([read_image(p) for p in IMAGES])
+    classifier = Classifier(load_model(model_dir), device="cpu", precision="fp32")  # what the fp32 export computes
+    probabilities = classifier.predict_images([read_image(p) for p in IMAGES])
     store_thresholds(model_dir, threshold_config_entries(gap_thresholds(probabilities), {"rule": "set by the test"}))
     export = root / "onnx"
     export_script = load_script(REPO / "scripts" / "export_onnx.py").main
@@ -63,7 +64,7 @@ def test_export_writes_the_graph_and_configs_and_onnxruntime_equals_torch(export
 
     onnx_model = OnnxModel(export)
     assert onnx_model.config.cxr_vit_thresholds == load_model(model_dir).config.cxr_vit_thresholds  # travelled
-    torch_side, onnx_side = Classifier(load_model(model_dir), device="cpu"), Classifier(onnx_model)
+    torch_side, onnx_side = Classifier(load_model(model_dir), device="cpu", precision="fp32"), Classifier(onnx_model)
     squares = torch_side.squares([read_image(path) for path in IMAGES[:7]])  # a batch size the export never saw
     np.testing.assert_allclose(onnx_side.logits(squares).numpy(), torch_side.logits(squares).numpy(), atol=1e-4)
 
@@ -75,7 +76,7 @@ def test_predict_backend_onnx_writes_the_same_positives_as_torch(exported, tmp_p
     for backend, model in (("torch", model_dir), ("onnx", export)):
         output = tmp_path / f"{backend}.csv"
         args = ["--backend", backend, "--model", str(model), *map(str, IMAGES), "--output", str(output)]
-        assert predict([*args, "--batch_size", "16", "--num_workers", "1"]) == 0
+        assert predict([*args, "--batch_size", "16", "--num_workers", "1", "--precision", "fp32"]) == 0
         assert "set by the test" in capsys.readouterr().err  # the thresholds stored before the export
         frames[backend] = pd.read_csv(output, keep_default_na=False).set_index("path")
     torch_frame, onnx_frame = frames["torch"], frames["onnx"].loc[frames["torch"].index]
@@ -115,7 +116,9 @@ def test_evaluate_backend_onnx_reports_what_torch_reports(exported, prepared_min
     assert evaluate([*args, "--output_dir", str(tmp_path)]) == 0
     onnx_report = json.loads((tmp_path / "report.json").read_text())
     test, validation = select_splits(load_chestxray14(str(prepared_mini)), ["test", "validation"], "mini")
-    torch_report = evaluate_model(load_model(model_dir), test, validation, n_bootstrap=20, device="cpu").report
+    torch_report = evaluate_model(
+        load_model(model_dir), test, validation, n_bootstrap=20, device="cpu", precision="fp32"
+    ).report
     assert onnx_report["precision"] == "onnxruntime fp32" and torch_report["precision"] == "fp32"
     assert onnx_report["model_fingerprint"].startswith("onnx:")
     for label in LABELS:
@@ -178,3 +181,32 @@ def test_app_serves_an_export_without_heatmaps(exported):
     probabilities, positives, heatmap = app.analyse(predictor, str(IMAGES[0]))
     assert set(probabilities) == set(LABELS) and heatmap is None
     assert "set by the test" in positives and "need gradients" in app.heatmap_label(predictor)
+
+
+def test_static_int8_export_is_calibrated_on_validation_images_and_says_so(exported, prepared_mini, tmp_path, capsys):
+    """scripts/export_onnx.py --quantize int8_static: a QDQ graph calibrated on the prepared set's validation images
+    (per-channel int8 weights), run through the same inference path; without calibration images it stops."""
+    import onnx
+
+    model_dir, _ = exported
+    export = load_script(REPO / "scripts" / "export_onnx.py").main
+    output = tmp_path / "static"
+    args = ["--model", str(model_dir), "--output_dir", str(output), "--quantize", "int8_static"]
+    with pytest.raises(SystemExit):
+        export(args)
+    assert "needs --calibration_dataset" in capsys.readouterr().err
+    assert export([*args, "--calibration_dataset", str(prepared_mini), "--calibration_images", "24"]) == 0
+    record = json.loads((output / EXPORT_FILE).read_text())
+    assert record["quantize"] == "int8_static" and record["int8_check"]["max_abs_logit_diff"] > 0
+    calibration = record["calibration"]
+    assert calibration["split"] == "validation" and calibration["images"] == 24 and calibration["method"] == "MinMax"
+    graph = onnx.load(output / ONNX_FILE).graph
+    operators = {node.op_type for node in graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "MatMul"} <= operators
+    weight_scales = [init for init in graph.initializer if init.name.endswith("_scale") and len(init.dims) == 1]
+    assert weight_scales, "no per-channel weight scales"  # one scale per output channel
+    classifier = Classifier(OnnxModel(output))
+    assert classifier.runtime == "onnxruntime int8 (static QDQ quantization)"
+    squares = classifier.squares([read_image(path) for path in IMAGES[:4]])
+    reference = Classifier(load_model(model_dir), device="cpu", precision="fp32").probabilities(squares)
+    assert 0 < np.abs(classifier.probabilities(squares) - reference).max() < 0.05

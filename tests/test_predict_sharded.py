@@ -3,6 +3,7 @@ writes; a killed sharded run resumes from its shard CSVs (docs/speed.md, "Many f
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -44,7 +45,9 @@ def test_torchrun_shards_files_and_merges_one_csv_equal_to_a_single_process(mode
     assert "wrote 3 predictions" in result.stdout and "wrote 4 predictions" in result.stdout  # 4 + 4, one resumed
     assert "merged 8 rows" in result.stdout
     assert sharded.read_text() == expected
-    assert not list(tmp_path.glob("sharded.shard*"))
+    assert not list(tmp_path.glob("sharded.shard*"))  # the shard CSVs and their records are gone
+    record = json.loads((tmp_path / "sharded.csv.json").read_text())  # one record of what computed the rows
+    assert record["precision"] == json.loads((tmp_path / "single.csv.json").read_text())["precision"]
     # the two films that share a stem (one per process) get the names a single process gives them
     assert sorted(os.listdir(sharded_maps)) == sorted(os.listdir(single_maps))
 

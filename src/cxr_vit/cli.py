@@ -1,4 +1,4 @@
-"""Command-line options the inference scripts share (evaluate.py, predict.py, calibrate.py), defined once."""
+"""Command-line options the inference scripts share (evaluate.py, predict.py, calibrate.py, app.py), defined once."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import argparse
 
 from .data import DEFAULT_SPLIT_SEED
 from .data.gpu_augment import EVAL_VIEWS
-from .inference import PRECISIONS
+from .inference import PRECISION_HELP, PRECISIONS
 from .onnx_model import BACKENDS
 from .public_names import DatasetReference, dataset_reference
 
@@ -81,9 +81,13 @@ def add_runtime_arguments(parser: argparse.ArgumentParser, batch_size: int, work
     if workers is not None:
         parser.add_argument("--num_workers", type=int, default=0, help=workers)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda if available).")
-    parser.add_argument(
-        "--precision", default="auto", choices=PRECISIONS, help="auto: bf16 on a GPU with native bf16, else fp32."
-    )
+    add_precision_argument(parser)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision auto|fp32|bf16`` of :class:`cxr_vit.inference.Classifier`: pass ``args.precision`` to it (or to
+    ``Predictor.from_pretrained``) and record ``Classifier.runtime``, what ``auto`` resolved to, beside the output."""
+    parser.add_argument("--precision", default="auto", choices=PRECISIONS, help=PRECISION_HELP)
 
 
 def check_runtime_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

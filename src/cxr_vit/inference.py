@@ -4,8 +4,9 @@ Every number this package reports or predicts goes through it: the Trainer's eva
 ``scripts/evaluate.py``, ``scripts/predict.py`` and the demo. One preprocessing: :mod:`cxr_vit.data.transforms`
 per image, then :meth:`BatchImageTransform.eval_batch` per batch. One precision policy:
 
-- ``fp32``: everything in float32 (the default on a CPU);
-- ``bf16``: the backbone under bfloat16 autocast (the default on a GPU with native bf16, as in training);
+- ``fp32``: everything in float32 (the default where bf16 is not native);
+- ``bf16``: the backbone under bfloat16 autocast (the default, ``auto``, where the device computes bf16 natively: a
+  GPU of compute capability 8 or newer, as in training, or a CPU with AVX512-BF16 or AMX-BF16);
 - either way the classifier head runs in float32 on float32 features. A bf16 head would round the logits to
   3 significant digits, which turns close scores into ties and moves ROC-AUC; an fp32 head on bf16 features
   keeps the headline within 1e-3 of fp32 (tested).
@@ -30,17 +31,25 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from transformers import TimmWrapperForImageClassification
 
+from .cpu_features import native_cpu_bf16
 from .data.gpu_augment import EVAL_VIEWS, BatchImageTransform
 from .data.transforms import ModelImages, collate_images, eval_geometry, resize_for_model
 from .modeling import data_config
 from .onnx_model import OnnxModel
 
 PRECISIONS = ("auto", "fp32", "bf16")
+PRECISION_HELP = (
+    "auto: bf16 autocast (fp32 head) where the device computes bf16 natively (a GPU of compute capability 8+, a CPU "
+    "with AVX512-BF16 or AMX-BF16), else fp32; an ONNX export runs as exported (auto or fp32)."
+)
 
 
 def native_bf16(device: torch.device | str) -> bool:
-    """Whether ``device`` computes bf16 natively (CUDA Ampere or newer); older GPUs emulate it slower than fp32."""
+    """Whether ``device`` computes bf16 natively: CUDA Ampere or newer, or a CPU with AVX512-BF16 / AMX-BF16.
+    Elsewhere bf16 is emulated, slower than fp32."""
     device = torch.device(device)
+    if device.type == "cpu":
+        return native_cpu_bf16()
     return device.type == "cuda" and torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
 
 
@@ -51,6 +60,11 @@ def autocast_dtype(precision: str, device: torch.device | str) -> torch.dtype | 
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
     return torch.bfloat16 if precision == "bf16" else None
+
+
+def resolve_precision(precision: str, device: torch.device | str) -> str:
+    """What ``precision`` (``auto``, ``fp32``, ``bf16``) computes on ``device``: ``"bf16"`` or ``"fp32"``."""
+    return "bf16" if autocast_dtype(precision, device) == torch.bfloat16 else "fp32"
 
 
 def forward_logits(
@@ -76,8 +90,9 @@ class Classifier:
         model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels), or its ONNX export
             (:class:`cxr_vit.onnx_model.OnnxModel`, which runs on the CPU).
         device: where to run; default CUDA when available (the CPU for an ONNX model).
-        precision: ``auto`` (bf16 autocast where the GPU has it natively, else fp32), ``fp32`` or ``bf16``
-            (an ONNX model computes what its graph holds: ``auto`` or ``fp32``).
+        precision: ``auto`` (bf16 autocast where the device has it natively: :func:`native_bf16`; else fp32),
+            ``fp32`` or ``bf16`` (an ONNX model computes what its graph holds: ``auto`` or ``fp32``). What it
+            resolved to is ``precision``; ``runtime`` says it for reports.
         tta: views averaged per image: 1 = the centre crop (timm's eval transform); up to 5 adds the corners.
     """
 
@@ -102,7 +117,7 @@ class Classifier:
         config = data_config(model)
         self.geometry = eval_geometry(config)
         self.batch_transform = BatchImageTransform(config)
-        self.dtype = autocast_dtype(precision, self.device)
+        self.dtype = None if self.onnx else autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what ``auto`` resolved to
 
     def squares(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -136,21 +151,24 @@ class Classifier:
         """Probabilities of decoded X-rays (any PIL mode)."""
         return self.probabilities(self.squares(images))
 
-    def predict_dataset(
-        self, dataset, batch_size: int = 64, num_workers: int = 0, desc: str = "predict", progress: bool = True
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, multi-hot targets), both ``(n, 15)``, of a prepared split (``image`` + ``labels``)."""
-        from tqdm.auto import tqdm
-
-        loader = DataLoader(
+    def loader(self, dataset, batch_size: int = 64, num_workers: int = 0) -> DataLoader:
+        """Batches of a prepared split: ``pixel_values`` (the uint8 squares of :meth:`squares`) and ``labels``."""
+        return DataLoader(
             dataset.with_transform(ModelImages(self.geometry)),
             batch_size=batch_size,
             num_workers=num_workers,
             collate_fn=collate_images,
             pin_memory=self.device.type == "cuda",
         )
+
+    def predict_dataset(
+        self, dataset, batch_size: int = 64, num_workers: int = 0, desc: str = "predict", progress: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(probabilities, multi-hot targets), both ``(n, 15)``, of a prepared split (``image`` + ``labels``)."""
+        from tqdm.auto import tqdm
+
         probabilities, targets = [], []
-        for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        for batch in tqdm(self.loader(dataset, batch_size, num_workers), desc=desc, unit="batch", disable=not progress):
             probabilities.append(self.probabilities(batch["pixel_values"]))
             targets.append(batch["labels"].numpy())
         return np.concatenate(probabilities), np.concatenate(targets).astype(np.int64)

@@ -25,6 +25,7 @@ ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
 BACKENDS = ("torch", "onnx")
+QUANTIZATION_NAMES = {"int8": "int8 (dynamic quantization)", "int8_static": "int8 (static QDQ quantization)"}
 NO_GRADIENTS = "heatmaps need gradients, which the onnx backend does not have: use --backend torch for heatmaps"
 
 
@@ -78,8 +79,9 @@ class OnnxModel:
 
     @property
     def description(self) -> str:
-        """What runs the model, for reports: ``onnxruntime fp32`` or ``onnxruntime int8 (dynamic quantization)``."""
-        return "onnxruntime " + ("int8 (dynamic quantization)" if self.quantization == "int8" else "fp32")
+        """What runs the model, for reports: ``onnxruntime fp32``, ``onnxruntime int8 (dynamic quantization)`` or
+        ``onnxruntime int8 (static QDQ quantization)``."""
+        return "onnxruntime " + QUANTIZATION_NAMES.get(self.quantization, "fp32")
 
     def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """float32 logits ``(B, 15)`` of a normalised CPU batch, as :func:`cxr_vit.inference.forward_logits`."""

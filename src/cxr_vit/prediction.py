@@ -6,7 +6,8 @@ evaluation report) with per-label thresholds: a ``thresholds.json`` written by `
 ``evaluate.py --save_thresholds`` stored in ``config.json``; without either it uses 0.5 and says so. Heatmaps come
 from the explainer registry (:mod:`cxr_vit.evaluation.explainers`, the same one the evaluation report scores): the one
 asked for, else the default, else Grad-CAM where the model's family needs it. Files that cannot be decoded are
-reported by name and skipped, never a crash halfway through a folder.
+reported by name and skipped, never a crash halfway through a folder. :class:`PredictionsCSV` writes beside the CSV
+a ``<name>.csv.json`` record of what computed it (:meth:`Predictor.record`: precision, backend, device, thresholds).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from transformers import AutoModelForImageClassification, TimmWrapperForImageClassification
 
+from .atomic import write_json_atomic
 from .constants import FINDING_IDS, LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
 from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
@@ -217,6 +219,22 @@ class Predictor:
         others = [load_model(name, backend) for name in ensemble]
         return cls(model, device, precision, thresholds_file, explainer, tta=tta, ensemble=others)
 
+    @property
+    def runtime(self) -> str:
+        """What computes the probabilities: ``fp32``, ``bf16 autocast, fp32 head`` or the ONNX graph's precision."""
+        return self.classifier.runtime
+
+    def record(self) -> dict:
+        """What computed the predictions, for the record beside an output (predict.py's CSV, a DICOM result)."""
+        return {
+            "precision": self.runtime,
+            "backend": "onnx" if self.classifier.onnx else "torch",
+            "device": str(self.device),
+            "tta": self.classifier.tta,
+            "models": len(self.ensemble.members) if self.ensemble else 1,
+            "thresholds": self.thresholds_source,
+        }
+
     def positives(self, probabilities: np.ndarray) -> list[str]:
         return [label for label, p, t in zip(LABELS, probabilities, self.thresholds, strict=True) if p >= t]
 
@@ -307,11 +325,22 @@ class PredictionsCSV:
 
     ``resume=True`` reads back an existing file: the paths in it are ``done`` (``predict.py --resume`` skips them)
     and its heatmap names stay taken; a last row cut off by the kill is dropped and predicted again. Without
-    ``resume`` the file is started anew.
+    ``resume`` the file is started anew. ``record`` (:meth:`Predictor.record`) is written beside it as
+    ``<name>.csv.json``; resuming with another ``precision`` than the record's is refused: one file, one precision.
     """
 
-    def __init__(self, path: str | os.PathLike, heatmaps: bool = False, resume: bool = False):
+    def __init__(
+        self, path: str | os.PathLike, heatmaps: bool = False, resume: bool = False, record: dict | None = None
+    ):
         self.path = Path(path)
+        self.record_path = self.path.with_name(self.path.name + ".json")
+        if resume and record is not None and self.record_path.is_file():
+            written = json.loads(self.record_path.read_text()).get("precision")
+            if written != record["precision"]:
+                raise ValueError(
+                    f"{self.path}: cannot resume, its rows were computed in {written!r} ({self.record_path}), this "
+                    f"run computes {record['precision']!r} (give the same --precision and --backend, or drop --resume)"
+                )
         self.columns = ["path", *LABELS, "positives", *(["heatmap"] if heatmaps else [])]
         self.done: set[str] = set()
         self.taken: set[str] = set()  # heatmap file names
@@ -323,6 +352,8 @@ class PredictionsCSV:
             self.handle = self.path.open("w", newline="")
             pd.DataFrame(columns=self.columns).to_csv(self.handle, index=False)
             self.handle.flush()
+        if record is not None:
+            write_json_atomic(self.record_path, record)
 
     def _read_back(self) -> None:
         content = self.path.read_bytes()
@@ -464,6 +495,9 @@ def merge_shards(output: str | os.PathLike, shard: Shard, order: Sequence[Path],
     float_columns = list(LABELS)
     merged[float_columns] = merged[float_columns].astype(float)
     write_text_atomic(output, merged.to_csv(index=False, float_format="%.6f"))
-    for part in parts:
+    records = [part.with_name(part.name + ".json") for part in parts]  # what computed them (PredictionsCSV)
+    if records[0].is_file():
+        write_text_atomic(output.with_name(output.name + ".json"), records[0].read_text())
+    for part in parts + records:
         part.unlink(missing_ok=True)
     return len(merged)

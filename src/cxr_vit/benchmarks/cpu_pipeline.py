@@ -18,6 +18,7 @@ from ..data.gpu_augment import BatchImageTransform
 from ..data.intensity import IntensityAugment
 from ..data.transforms import ModelImages, collate_images, eval_geometry
 from . import notebook_recipe
+from .load import Interval, LoadMeter
 
 
 @contextmanager
@@ -36,17 +37,28 @@ def one_thread() -> Iterator[None]:
             notebook_recipe.cv2.setNumThreads(cv2_threads)
 
 
-def interleaved_rates(steps: dict[str, Callable[[], int]], seconds: float, rounds: int = 3) -> dict[str, float]:
-    """Images/s of each step function (it returns the images it did), best of ``rounds`` interleaved rounds."""
-    best = dict.fromkeys(steps, 0.0)
+def interleaved_measurements(
+    steps: dict[str, Callable[[], int]], seconds: float, rounds: int = 3
+) -> dict[str, tuple[float, Interval]]:
+    """Each step function's best round of ``rounds`` interleaved ones (it returns the images it did): (images/s,
+    the machine's load during that round, :class:`cxr_vit.benchmarks.load.Interval`)."""
+    best: dict[str, tuple[float, Interval]] = {}
     for _ in range(rounds):
         for name, step in steps.items():
             step()  # warm caches and lazy state outside the timing
-            done, start = 0, time.perf_counter()
-            while (elapsed := time.perf_counter() - start) < seconds / rounds or done == 0:
-                done += step()
-            best[name] = max(best[name], done / elapsed)
+            done = 0
+            with LoadMeter() as meter:
+                start = time.perf_counter()
+                while (elapsed := time.perf_counter() - start) < seconds / rounds or done == 0:
+                    done += step()
+            if name not in best or done / elapsed > best[name][0]:
+                best[name] = (done / elapsed, meter.interval)
     return best
+
+
+def interleaved_rates(steps: dict[str, Callable[[], int]], seconds: float, rounds: int = 3) -> dict[str, float]:
+    """Images/s of each step function (it returns the images it did), best of ``rounds`` interleaved rounds."""
+    return {name: rate for name, (rate, _) in interleaved_measurements(steps, seconds, rounds).items()}
 
 
 def measure_cpu_pipelines(args, paths, labels, dataset, cache_dir: Path, data_config) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -23,9 +24,8 @@ def algorithm_info(
         source = source.replace(str(thresholds_file), Path(thresholds_file).name)
     info = AlgorithmInfo.for_model(name_or_path, predictor.model.config, source)
     members = len(predictor.ensemble.members) if predictor.ensemble is not None else 1
-    if members > 1:
-        info = AlgorithmInfo(f"{info.name} (+{members - 1} in ensemble)", info.version, info.thresholds_source)
-    return info
+    name = f"{info.name} (+{members - 1} in ensemble)" if members > 1 else info.name
+    return dataclasses.replace(info, name=name, computed_in=f"{predictor.runtime} on {predictor.device}")
 
 
 def write_film_results(

@@ -67,6 +67,7 @@ class AlgorithmInfo:
     name: str
     version: str
     thresholds_source: str = "none: probabilities only"
+    computed_in: str = ""  # the precision and device (Predictor.runtime): bf16 and fp32 differ in the last digits
 
     @classmethod
     def for_model(cls, name_or_path: str | os.PathLike, config=None, thresholds_source: str = "") -> AlgorithmInfo:
@@ -207,6 +208,8 @@ def _structured_report(
     for index, label in enumerate(LABELS):
         finding = FINDING_CODES[label]
         parameters = [f"thresholds: {algorithm.thresholds_source}", NOT_FOR_CLINICAL_USE]
+        if algorithm.computed_in:
+            parameters.insert(-1, f"computed in {algorithm.computed_in}")
         evaluations = None
         if thresholds is not None:
             parameters.insert(0, f"threshold {thresholds[index]:.6g}")
@@ -291,7 +294,8 @@ def _overlay(
     image.ImageType = ["DERIVED", "SECONDARY"]
     image.BurnedInAnnotation = "YES"
     image.DerivationDescription = f"heatmap of {LABELS[index]} by {algorithm.name} {algorithm.version}"[:1024]
-    image.ImageComments = f"{caption}; {algorithm.name} {algorithm.version}; {NOT_FOR_CLINICAL_USE}"[:10240]
+    computed = f", computed in {algorithm.computed_in}" if algorithm.computed_in else ""
+    image.ImageComments = f"{caption}; {algorithm.name} {algorithm.version}{computed}; {NOT_FOR_CLINICAL_USE}"[:10240]
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
