@@ -50,7 +50,8 @@ KAGGLE_LABELS_CSV = "Data_Entry_2017.csv"
 # image and prepared Parquet bytes per image.
 PREPARE_CPU_S_PER_IMAGE = 0.015
 PREPARED_BYTES_PER_IMAGE = 23_600
-# ViT-B/16 at 224, bf16, uint8 cache + GPU augmentation, torch.compile: one NVIDIA H200 (shared field notes).
+# ViT-B/16 at 224, bf16, uint8 cache + GPU augmentation, torch.compile, one NVIDIA H200: measured by a program
+# outside this package, so not reproducible with it.
 TRAIN_IMAGES_PER_S_PER_GPU = 2885
 
 
