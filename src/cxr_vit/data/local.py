@@ -83,12 +83,15 @@ def content_key(folder: str | os.PathLike) -> str:
     return hashlib.sha256(f"{folder.name}\n{key}".encode()).hexdigest()[:24]
 
 
-def load_dataset_as_is(name: str, config: str | None = None, **kwargs) -> datasets.DatasetDict:
-    """``datasets.load_dataset(name, config, **kwargs)``; for a local folder, from a cache keyed by its content.
+def load_dataset_as_is(
+    name: str, config: str | None = None, cache_root: str | os.PathLike | None = None, **kwargs
+) -> datasets.DatasetDict:
+    """``datasets.load_dataset(name, config, **kwargs)``; for a local folder, from a cache keyed by its content,
+    ``<cache_root>/cxr_vit_local/<key>`` (default root: ``HF_DATASETS_CACHE``).
 
     A Hub id is cached by its commit, so it goes to ``load_dataset`` unchanged.
     """
-    if not Path(name).is_dir() or "cache_dir" in kwargs:
+    if not Path(name).is_dir():
         return datasets.load_dataset(name, config, **kwargs)
-    cache_dir = Path(datasets.config.HF_DATASETS_CACHE) / CACHE_SUBDIR / content_key(name)
-    return datasets.load_dataset(name, config, cache_dir=str(cache_dir), **kwargs)
+    root = Path(cache_root if cache_root is not None else datasets.config.HF_DATASETS_CACHE)
+    return datasets.load_dataset(name, config, cache_dir=str(root / CACHE_SUBDIR / content_key(name)), **kwargs)
