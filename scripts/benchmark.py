@@ -21,8 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.benchmarks.inference import InferenceBenchmarkArguments, format_inference_table, run_inference_benchmark
 from cxr_vit.benchmarks.run import BenchmarkArguments, format_table, run_benchmark
 
@@ -53,8 +52,9 @@ def main(args: BenchmarkArguments, inference_args: InferenceBenchmarkArguments |
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        parser = HfArgumentParser((BenchmarkArguments, InferenceBenchmarkArguments))
-        benchmark_args, inference_benchmark_args = parser.parse_args_into_dataclasses()
+        benchmark_args, inference_benchmark_args = parse_script_arguments(
+            BenchmarkArguments, InferenceBenchmarkArguments
+        )
     except ValueError as err:
         raise SystemExit(f"error: {err}") from None
     main(benchmark_args, inference_benchmark_args)

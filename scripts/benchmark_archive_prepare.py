@@ -10,8 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.benchmarks.archive_prepare import format_rows, measure_archive_prepare
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +26,7 @@ class ArchiveBenchmarkArguments:
 
 
 if __name__ == "__main__":
-    (args,) = HfArgumentParser(ArchiveBenchmarkArguments).parse_args_into_dataclasses()
+    (args,) = parse_script_arguments(ArchiveBenchmarkArguments)
     rows = measure_archive_prepare(args.names_csv, args.num_images, args.num_archives, args.image_size)
     print(format_rows(rows))
     if args.output_json:

@@ -19,12 +19,14 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from transformers import HfArgumentParser
 
 from cxr_vit import NIHDataError, load_chestxray14, load_model
 from cxr_vit.cli import add_dataset_arguments, add_runtime_arguments, check_runtime_arguments
 from cxr_vit.comparison import EncoderResult, compare, comparison_markdown
 from cxr_vit.data import select_splits
 from cxr_vit.inference import Classifier
+from cxr_vit.training.config import ARGUMENT_CLASSES
 
 TRAIN_SCRIPT = Path(__file__).resolve().parent / "train.py"
 logger = logging.getLogger("compare_encoders")
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     add_dataset_arguments(parser, "test", "The split the encoders are compared on (default: test).")
     add_runtime_arguments(parser, batch_size=64, workers="DataLoader workers for prediction.")
     args, extra = parser.parse_known_args(argv)
+    _, not_train_flags = HfArgumentParser(ARGUMENT_CLASSES).parse_known_args([*extra, "--output_dir", "."])
+    if not_train_flags:  # the other flags go to train.py: a misspelt one stops here, before any run
+        parser.error(f"unrecognized arguments: {' '.join(not_train_flags)}")
     check_runtime_arguments(parser, args)
     names = [config.stem for config in args.encoders]
     if len(names) < 2 or len(set(names)) != len(names):

@@ -21,8 +21,7 @@ import logging
 import sys
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.release import DownloadError, download_files, download_with_kaggle, release_files
 from cxr_vit.release.download import summary
 from cxr_vit.release.files import UrlListError
@@ -60,5 +59,5 @@ def main(args: DownloadArguments) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (download_args,) = HfArgumentParser(DownloadArguments).parse_args_into_dataclasses()
+    (download_args,) = parse_script_arguments(DownloadArguments)
     sys.exit(main(download_args))

@@ -9,8 +9,7 @@ measured ones are the peak resident memory of two fp32 AdamW steps in a fresh CP
 
 from dataclasses import dataclass, field
 
-from transformers import HfArgumentParser
-
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.benchmarks.memory import computed_peak_bytes, measured_cpu_peak_bytes, vit_shape
 
 GB = 2**30
@@ -60,5 +59,5 @@ def main(args: MemoryTableArguments) -> None:
 
 
 if __name__ == "__main__":
-    (memory_args,) = HfArgumentParser(MemoryTableArguments).parse_args_into_dataclasses()
+    (memory_args,) = parse_script_arguments(MemoryTableArguments)
     main(memory_args)

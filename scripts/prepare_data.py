@@ -28,9 +28,8 @@
 import logging
 import sys
 
-from transformers import HfArgumentParser
-
 from cxr_vit import HubAccessError, NIHDataError, PrepareArguments, check_push_access, ensure_prepared, push_dataset
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.data import describe_missing_positives
 
 
@@ -73,5 +72,5 @@ def main(args: PrepareArguments) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (prepare_args,) = HfArgumentParser(PrepareArguments).parse_args_into_dataclasses()
+    (prepare_args,) = parse_script_arguments(PrepareArguments)
     sys.exit(main(prepare_args))

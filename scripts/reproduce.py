@@ -18,9 +18,8 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser
-
 from cxr_vit import NIHDataError
+from cxr_vit.arguments import parse_script_arguments
 from cxr_vit.release import DownloadError
 from cxr_vit.release.reproduce import ReproduceArguments, Reproduction
 
@@ -42,5 +41,5 @@ def main(args: ReproduceArguments) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    (reproduce_args,) = HfArgumentParser(ReproduceArguments).parse_args_into_dataclasses()
+    (reproduce_args,) = parse_script_arguments(ReproduceArguments)
     sys.exit(main(reproduce_args))

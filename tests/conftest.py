@@ -1,12 +1,33 @@
-"""Shared fixtures: the bundled real NIH mini set and a prepared copy of it; a tiny image cache."""
+"""Shared fixtures: the bundled real NIH mini set and a prepared copy of it; a tiny image cache.
+
+The suite runs against caches of its own, made empty for each session before anything imports ``datasets`` or
+``huggingface_hub`` (they read these variables once, at import), and inherited by the scripts the tests start: a
+machine that ran the suite or the scripts before gives the same results as a new one.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
-import pandas as pd
-import pytest
+SESSION_CACHES = Path(tempfile.mkdtemp(prefix="cxr_vit_test_caches_"))
+CACHE_VARIABLES = {
+    "HF_HOME": "hf",
+    "HF_DATASETS_CACHE": "hf/datasets",
+    "HF_HUB_CACHE": "hf/hub",
+    "HUGGINGFACE_HUB_CACHE": "hf/hub",
+    "HF_ASSETS_CACHE": "hf/assets",
+    "HF_MODULES_CACHE": "hf/modules",
+    "HF_XET_CACHE": "hf/xet",
+    "CXR_VIT_CACHE": "cxr_vit",  # the image caches of Hub datasets (cxr_vit.data.cache)
+}
+for _variable, _folder in CACHE_VARIABLES.items():
+    os.environ[_variable] = str(SESSION_CACHES / _folder)
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MINI = REPO / "data" / "nih_mini"
@@ -81,3 +102,7 @@ def predictor(model_dir):
     from cxr_vit.prediction import Predictor
 
     return Predictor.from_pretrained(model_dir, device="cpu")
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(SESSION_CACHES, ignore_errors=True)

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,14 +67,27 @@ def test_synthetic_xray_is_nih_sized(tmp_path):
 
 
 def test_interleaved_rates_keeps_the_best_round():
-    calls = {"a": 0}
+    """Step "a" does 1,000x more images a call in its second round only (a round ends when "b" runs): the rate
+    reported is that round's, not the mean (a third of it) nor the slowest."""
+    state = {"round": 0, "b_ran": True, "round_2_calls": []}
 
-    def step() -> int:
-        calls["a"] += 1
-        return 10
+    def a() -> int:
+        if state["b_ran"]:
+            state["round"], state["b_ran"] = state["round"] + 1, False
+        start = time.perf_counter()
+        time.sleep(0.002)
+        if state["round"] == 2:
+            state["round_2_calls"].append(time.perf_counter() - start)
+        return 10_000 if state["round"] == 2 else 10
 
-    rates = interleaved_rates({"a": step}, seconds=0.03, rounds=3)
-    assert rates["a"] > 0 and calls["a"] >= 6  # a warm-up call and at least one timed call per round
+    def b() -> int:
+        state["b_ran"] = True
+        return 1
+
+    rates = interleaved_rates({"a": a, "b": b}, seconds=0.3, rounds=3)
+    assert state["round"] == 3
+    round_2 = 10_000 / max(state["round_2_calls"])  # a lower bound of that round's rate, its slowest call
+    assert round_2 * 0.6 < rates["a"] <= 10_000 / min(state["round_2_calls"])
 
 
 def test_gpu_measurement_code_runs_on_cpu(tmp_path):

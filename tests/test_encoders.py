@@ -3,7 +3,6 @@ model built from the converted checkpoint give the same pooled features (1e-5) o
 
 import json
 
-import open_clip
 import pytest
 import timm
 import torch
@@ -152,7 +151,6 @@ def test_openai_clip_tower_converts_exactly(tmp_path):
     with torch.no_grad():
         expected = tower(x)
     torch.testing.assert_close(timm_features(model, x), expected, atol=TOLERANCE, rtol=0)
-    assert open_clip.__version__  # the library the reference came from
 
 
 # ---- EVA-X -----------------------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ from cxr_vit.evaluation.explainers import (
     gradient_rollout_relevance,
     rollout_relevance,
 )
-from cxr_vit.evaluation.heatmaps import grad_cam
 from cxr_vit.modeling import create_model
 
 
@@ -76,10 +75,25 @@ def test_rollout_is_class_agnostic_and_grad_rollout_is_not(model, pixels):
     torch.testing.assert_close(alone[0, 0], specific[0, 0], rtol=1e-4, atol=1e-5)
 
 
-def test_gradcam_delegates(model, pixels):
-    torch.testing.assert_close(
-        get_explainer("gradcam")(model, pixels, LABELS_TO_EXPLAIN), grad_cam(model, pixels, LABELS_TO_EXPLAIN)
-    )
+def test_gradcam_by_hand(model, pixels):
+    """Grad-CAM (Selvaraju et al.) on the last block's first norm: channel weights are the patch-mean gradients of
+    the logit, the map is ReLU of the weighted sum, upsampled bilinearly from the 4x4 patch grid, scaled to [0, 1]."""
+    tokens = {}
+    hook = model.timm_model.blocks[-1].norm1.register_forward_hook(lambda _m, _i, out: tokens.update(out=out))
+    logits = model(pixel_values=pixels).logits
+    hook.remove()
+    expected = []
+    for rank in range(LABELS_TO_EXPLAIN.shape[1]):
+        selected = logits.gather(1, LABELS_TO_EXPLAIN[:, rank : rank + 1]).sum()
+        (gradient,) = torch.autograd.grad(selected, tokens["out"], retain_graph=True)
+        patches, weights = tokens["out"][:, 1:].detach(), gradient[:, 1:].mean(dim=1)  # class token dropped
+        grid = torch.relu(torch.einsum("bpc,bc->bp", patches, weights)).reshape(-1, 1, 4, 4)
+        upsampled = torch.nn.functional.interpolate(grid, size=(64, 64), mode="bilinear", align_corners=False)[:, 0]
+        low, high = upsampled.amin(dim=(1, 2), keepdim=True), upsampled.amax(dim=(1, 2), keepdim=True)
+        expected.append((upsampled - low) / (high - low))
+    maps = get_explainer("gradcam")(model, pixels, LABELS_TO_EXPLAIN)
+    torch.testing.assert_close(maps, torch.stack(expected, dim=1), rtol=1e-4, atol=1e-5)
+    assert maps.amax(dim=(2, 3)).eq(1).all() and maps.amin(dim=(2, 3)).eq(0).all()
 
 
 def reference_attention(model, pixels, label_indices):

@@ -63,3 +63,48 @@ def test_batch_transform_gives_the_same_inputs_on_gpu_and_cpu(tmp_path):
     torch.manual_seed(0)
     augmented = transform(batch.cuda(), training=True)
     assert augmented.shape == (8, 3, IMAGE_SIZE, IMAGE_SIZE) and torch.isfinite(augmented).all()
+
+
+# Above the dense bf16 peak of any single GPU (H100 / H200 SXM: 0.99e15 FLOP/s): a rate that implies more was
+# not timed to the GPU's finish.
+PHYSICAL_PEAK_FLOPS = 2e15
+RATE_KEYS = ("notebook_end_to_end_img_per_s", "ours_model_only_img_per_s", "ours_plain_loop_img_per_s")
+
+
+def measured_rates(tmp_path, model_name: str, image_size: int, batch_size: int, device: str) -> dict:
+    """scripts/benchmark.py's GPU section (:func:`measure_gpu`) on synthetic films, uncompiled."""
+    import numpy as np
+    from PIL import Image
+
+    from cxr_vit.benchmarks.arguments import BenchmarkArguments
+    from cxr_vit.benchmarks.gpu import measure_gpu
+    from cxr_vit.benchmarks.synthetic import synthetic_xray
+    from cxr_vit.data.cache import write_cache
+    from cxr_vit.data.transforms import EvalGeometry
+
+    paths = []
+    for index in range(16):  # one notebook-recipe batch of PNGs
+        paths.append(tmp_path / f"{index:08d}_000.png")
+        Image.fromarray(synthetic_xray(index, size=256)).save(paths[-1])
+    side = int(image_size / 0.9)
+    images = [Image.fromarray(synthetic_xray(index, size=side)) for index in range(batch_size)]
+    labels = (np.random.default_rng(0).random((batch_size, 15)) < 0.2).astype(np.float32)
+    write_cache(tmp_path / "cache", lambda a, b: images[a:b], labels, EvalGeometry(image_size, side, "bicubic"))
+    args = BenchmarkArguments(model_name=model_name, image_size=image_size, batch_size=batch_size, gpu_steps=5,
+                              gpu_warmup_steps=2, num_workers=2, torch_compile=False)  # fmt: skip
+    return measure_gpu(args, paths, labels[:16], tmp_path / "cache", device=device)
+
+
+def test_benchmark_rates_are_real_gpu_rates(tmp_path):
+    """ViT-B/16 at 224: every rate is positive and physically possible for one GPU (the timing waits for the
+    device), the model alone is at least as fast as the loop that also feeds it, and ours (bf16, batch 64, fused
+    AdamW) beats the notebook recipe (fp32, batch 16, PNG decoding per image)."""
+    from cxr_vit.benchmarks.flops import measure_train_flops
+
+    results = measured_rates(tmp_path, "vit_base_patch16_224", 224, 64, "cuda")
+    flops_per_image = measure_train_flops("vit_base_patch16_224", [224])["224"]["gflop"] * 1e9
+    for key in RATE_KEYS:
+        assert 0 < results[key] * flops_per_image < PHYSICAL_PEAK_FLOPS, (key, results[key])
+    assert results["ours_model_only_img_per_s"] >= 0.8 * results["ours_plain_loop_img_per_s"], results
+    assert results["ours_model_only_img_per_s"] > results["notebook_end_to_end_img_per_s"], results
+    assert results["device"] == torch.cuda.get_device_name() and results["status"] == "measured"

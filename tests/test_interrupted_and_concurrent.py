@@ -18,7 +18,7 @@ import datasets
 import pytest
 from conftest import MINI_IMAGES, MINI_KAGGLE_CSV, REPO
 
-from cxr_vit.data import NIHDataError, ensure_prepared, load_chestxray14
+from cxr_vit.data import NIHDataError, ensure_prepared, load_chestxray14, load_dataset_as_is
 from cxr_vit.data.cache import IMAGES_FILE, ensure_cache, read_meta
 from cxr_vit.data.locking import exclusive
 from cxr_vit.data.prepare import LOCK_FILE
@@ -56,7 +56,7 @@ def prepare_command(images, csv, output) -> list[str]:
 
 def content_digest(folder: Path) -> dict[str, str]:
     """Per split: a digest of every row (ids, labels and image bytes) of a prepared folder."""
-    splits = datasets.load_dataset(str(folder))
+    splits = load_dataset_as_is(str(folder))  # as it is on disk (tests/test_stale_reads.py)
     digests = {}
     for name, split in splits.items():
         raw = split.cast_column("image", datasets.Image(decode=False))

@@ -1,7 +1,6 @@
 """Beyond one process: two "nodes" on loopback, a kill and resume across them, the launch check, sharding,
 activation checkpointing and the SLURM example (docs/training.md, "More than one machine")."""
 
-import importlib.util
 import json
 import os
 import shutil
@@ -156,9 +155,6 @@ def test_metrics_gathered_on_rank_0_equal_one_process_on_the_saved_model(two_nod
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(
-    importlib.util.find_spec("cxr_vit.data.locking") is None, reason="the cache's file lock is not in this tree yet"
-)
 def test_two_launches_on_one_node_share_its_cache_folder(tmp_path, prepared_mini):
     """Two runs started at once on one node with the same --image_cache_dir: one builds, the other waits and reuses."""
     config = tiny_run_config(tmp_path, prepared_mini)

@@ -68,10 +68,11 @@ def test_ema_weights_differ_from_the_raw_ones_and_are_what_is_saved(tmp_path):
     assert any("eval_raw_auc_macro" in entry for entry in history)  # --ema_eval both: the raw weights too
     assert any("eval_auc_macro" in entry for entry in history)
     final = trainer.model.timm_model.state_dict()  # no best-model reload: the final EMA is the model
-    assert all(torch.equal(final[key], value) for key, value in trainer.ema.timm_state_dict().items())
+    averaged = trainer.ema.timm_state_dict()
+    assert averaged.keys() == final.keys() and all(torch.equal(final[key], averaged[key]) for key in final)
     trainer.save_model(str(tmp_path / "saved"))
     saved = load_file(tmp_path / "saved" / "model.safetensors")
-    assert all(torch.equal(saved[key], final[key].cpu()) for key in saved)
+    assert saved.keys() == final.keys() and all(torch.equal(saved[key], final[key].cpu()) for key in saved)
     assert not (tmp_path / "saved" / EMA_WEIGHTS_NAME).exists()  # the model is the EMA; no second copy
 
 
@@ -82,7 +83,7 @@ def test_best_checkpoint_is_reloaded_with_its_ema_weights(tmp_path):
     trainer.train()
     best = load_file(f"{trainer.state.best_model_checkpoint}/{EMA_WEIGHTS_NAME}")
     model = trainer.model.timm_model.state_dict()
-    assert all(torch.equal(model[key].cpu(), value) for key, value in best.items())
+    assert best.keys() == model.keys() and all(torch.equal(model[key].cpu(), best[key]) for key in model)
 
 
 # ---- augmentation -------------------------------------------------------------------------------------------

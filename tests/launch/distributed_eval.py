@@ -1,5 +1,6 @@
-"""Evaluate a saved model with MultiLabelTrainer under torchrun; rank 0 writes the metrics as JSON.
+"""Evaluate a saved model's validation split with MultiLabelTrainer; rank 0 writes the metrics as JSON.
 
+tests/test_multinode.py calls ``main`` in one process, against the metrics a two-node run gathered. By hand:
 python -m torch.distributed.run --nproc_per_node 2 tests/launch/distributed_eval.py MODEL DATASET OUT.json
 """
 

@@ -157,7 +157,9 @@ def tile_train_split(prepared: Path, output: Path, min_rows: int) -> Path:
     """
     import datasets
 
-    splits = datasets.load_dataset(str(prepared))
+    from ..data.local import load_dataset_as_is
+
+    splits = load_dataset_as_is(str(prepared))
     repeats = -(-min_rows // len(splits["train"]))
     tiled = {**splits, "train": datasets.concatenate_datasets([splits["train"]] * repeats)}
     for name, split in tiled.items():

@@ -19,14 +19,14 @@ def measure_prepare(images_dir: Path, labels_csv: Path, work: Path, image_size: 
     """``prepare_dataset`` wall time (one process) and the prepared splits as one dataset."""
     import datasets
 
-    from ..data import prepare_dataset
+    from ..data import load_dataset_as_is, prepare_dataset
 
     output = work / "prepared"
     start = time.perf_counter()
     report = prepare_dataset(images_dir, labels_csv, output, image_size=image_size)
     seconds = time.perf_counter() - start
     count = sum(report.split_rows.values())
-    splits = datasets.load_dataset(str(output), cache_dir=str(work / "hf_cache"))
+    splits = load_dataset_as_is(str(output), cache_root=work / "hf_cache")  # a kept --work_dir is rewritten
     dataset = datasets.concatenate_datasets([splits[name] for name in splits])
     return {"images": count, "seconds": seconds, "img_per_s": count / seconds, "image_size": image_size}, dataset
 

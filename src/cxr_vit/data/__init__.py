@@ -1,6 +1,7 @@
 """NIH ChestX-ray14 as a ``datasets`` dataset: CSV parsing, patient-wise splits, the builder, preparation."""
 
 from .builder import DEFAULT_SPLIT_SEED, NIHChestXray14, NIHChestXray14Config, nih_features
+from .local import load_dataset_as_is
 from .nih import NIHDataError, read_labels_csv
 from .prepare import (
     PrepareArguments,
@@ -32,6 +33,7 @@ __all__ = [
     "ensure_prepared",
     "labels_without_positives",
     "load_chestxray14",
+    "load_dataset_as_is",
     "nih_features",
     "patient_wise_split",
     "positive_counts",

@@ -137,10 +137,13 @@ def _decode_all(
 
 
 def dataset_key(dataset, geometry: EvalGeometry) -> dict[str, Any]:
-    """What identifies a ``datasets.Dataset``'s cache: the geometry, its fingerprint, digests of ids and labels.
+    """What identifies a ``datasets.Dataset``'s cache: the geometry, its fingerprint and Arrow files, digests of
+    ids and labels.
 
-    The fingerprint follows the prepared Parquet files and every ``select``; the digests (two small columns)
-    also catch a dataset whose fingerprint is random or reused, e.g. one built in memory.
+    The fingerprint follows every ``select`` but not the data: datasets derives it from the folder's name and
+    README, the same for two folders of one name. The Arrow files of a folder read by
+    :func:`cxr_vit.data.local.load_dataset_as_is` lie in a cache keyed by its content, so their paths follow the
+    pixels. The digests (two small columns) also catch a dataset built in memory, which has no files.
     """
     ids = dataset["image_id"] if "image_id" in dataset.column_names else [str(i) for i in range(len(dataset))]
     labels = np.asarray(dataset["labels"], dtype=np.float32)
@@ -149,6 +152,7 @@ def dataset_key(dataset, geometry: EvalGeometry) -> dict[str, Any]:
         "num_rows": len(dataset),
         **geometry.key(),
         "fingerprint": getattr(dataset, "_fingerprint", None),
+        "arrow_files": sorted(entry["filename"] for entry in getattr(dataset, "cache_files", [])),
         "ids_sha1": hashlib.sha1("\n".join(ids).encode()).hexdigest(),
         "labels_sha1": hashlib.sha1(labels.tobytes()).hexdigest(),
     }

@@ -14,6 +14,8 @@ a file lock on the folder (:mod:`cxr_vit.data.locking`), so concurrent runs wait
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import os
@@ -31,6 +33,7 @@ from huggingface_hub import DatasetCardData
 from ..cards import render_card
 from ..constants import LABELS, SPLITS
 from .builder import ARCHIVE_SPLIT, DEFAULT_SPLIT_SEED, NIHChestXray14, missing_images_error
+from .local import shard_digests
 from .locking import exclusive
 from .nih import NIHDataError, index_images, read_labels_csv
 from .provenance import (
@@ -204,24 +207,46 @@ def build_dataset(
     readers: str = "majority",
     approximate_labels: bool = False,
     views: tuple[str, ...] | None = None,
+    record: dict | None = None,
 ) -> tuple[datasets.DatasetDict, PrepareReport]:
     """Run the builder (NIH) or the release's reader (:mod:`cxr_vit.data.sources`) and return the splits with a
-    report of what was kept and skipped. Another release gives only its non-empty splits."""
+    report of what was kept and skipped. Another release gives only its non-empty splits.
+
+    The NIH builder's Arrow cache (``cache_dir``, default ``HF_DATASETS_CACHE``) is keyed by what ``prepare.json``
+    would record of these inputs and settings (``record``, computed when not given) and by the source of
+    ``cxr_vit.data``: datasets keys it by the paths and settings alone, so a label CSV corrected in place, or
+    new preparation code, would otherwise be served the rows of the first build.
+    """
     common = {"image_size": image_size, "on_bad_image": on_bad_image, "num_proc": num_proc, "cache_dir": cache_dir}
     if source != "nih":
         options = source_options(
             source, images_dir, labels_csv, metadata_csv, split_csv, uncertain, readers, approximate_labels, views
         )
         fractions = {"validation_fraction": validation_fraction, "test_fraction": test_fraction}
-        return build_release(options, split_seed=split_seed, **fractions, **common)
+        if record is None:
+            named = {"metadata_csv": metadata_csv, "split_csv": split_csv, "uncertain": uncertain, "readers": readers}
+            named |= {"approximate_labels": approximate_labels, "views": views, "split_seed": split_seed}
+            release_kwargs = {"source": source, **named, **fractions, **common}
+            record = _release_record(images_dir, labels_csv, release_kwargs)
+        return build_release(options, cache_key=build_key(record), split_seed=split_seed, **fractions, **common)
     if metadata_csv or split_csv or views or approximate_labels:
         raise NIHDataError(
             "--metadata_csv, --split_csv, --views and --approximate_labels are options of the other releases "
             "(--source chexpert / mimic_cxr / padchest / vindr_cxr); NIH ChestX-ray14 needs none of them"
         )
+    parameters = {
+        "config": config,
+        "image_size": image_size,
+        "split_seed": split_seed,
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+        "on_bad_image": on_bad_image,
+    }
+    record = record or prepare_record(images_dir, labels_csv, parameters, train_val_list, test_list)
     builder = NIHChestXray14(
         config_name=config,
         cache_dir=str(cache_dir) if cache_dir else None,
+        hash=build_key(record),
         images_dir=str(images_dir),
         labels_csv=str(labels_csv),
         image_size=image_size,
@@ -290,6 +315,15 @@ def build_release(options: SourceOptions, **kwargs) -> tuple[datasets.DatasetDic
         unknown_labels=source_table.unknown_labels,
     )
     return dataset, report
+
+
+def build_key(record: dict) -> str:
+    """The builder cache's key: the inputs and settings ``record`` describes, and the code that reads them."""
+    digest = hashlib.sha256(json.dumps(record["parameters"], sort_keys=True).encode())
+    digest.update(json.dumps(record["inputs"], sort_keys=True).encode())
+    for source in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def select_archive_splits(
@@ -446,7 +480,7 @@ def prepare_dataset(
     output_dir.mkdir(parents=True, exist_ok=True)
     mark_preparing(output_dir)
     with tempfile.TemporaryDirectory(prefix="cxr_vit_build_") as cache_dir:
-        dataset, report = build_dataset(images_dir, labels_csv, cache_dir=cache_dir, **build_kwargs)
+        dataset, report = build_dataset(images_dir, labels_csv, cache_dir=cache_dir, record=record, **build_kwargs)
         card_values = {
             "config": build_kwargs.get("config", "sample"),
             "split_seed": build_kwargs.get("split_seed", DEFAULT_SPLIT_SEED),
@@ -457,7 +491,9 @@ def prepare_dataset(
             "options": label_options(build_kwargs),
         }
         write_prepared(dataset, output_dir, report, card_values)
-    write_record(output_dir, {**record, **outcome_record(report, build_kwargs)})
+    # The shards' digests: what readers check the folder against and key their caches by (cxr_vit.data.local).
+    outputs = {**outcome_record(report, build_kwargs), "data_files": shard_digests(output_dir)}
+    write_record(output_dir, {**record, **outputs})
     (output_dir / PREPARING_MARKER).unlink()  # complete: the record is in place
     logger.info("wrote %s: %s, %d skipped", output_dir, report.split_rows, report.num_skipped)
     if report.labels_without_positives:

@@ -29,6 +29,7 @@ import pyarrow.compute
 
 from ..constants import LABEL2ID, LABELS, NUM_LABELS
 from .builder import DEFAULT_SPLIT_SEED
+from .local import load_dataset_as_is
 from .nih import NIHDataError, parse_age
 from .provenance import interrupted_preparation
 from .splits import patient_wise_split
@@ -231,7 +232,7 @@ def load_chestxray14(
             "Run scripts/prepare_data.py (or train.py with --images_dir) with the same arguments to finish it."
         )
     try:
-        dataset = datasets.load_dataset(name, config)
+        dataset = load_dataset_as_is(name, config)  # a local folder as it is now, not an earlier one's rows
     except (datasets.exceptions.DatasetNotFoundError, FileNotFoundError) as err:
         raise NIHDataError(
             f"{name!r} is neither a prepared folder nor a reachable Hub dataset ({err}). Prepare one with "

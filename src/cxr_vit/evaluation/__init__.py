@@ -7,9 +7,6 @@
 * :mod:`.calibration`: ECE, Brier, reliability diagrams, per-label temperature scaling;
 * :mod:`.localization`: heatmaps against the NIH boxes (pointing game, IoU/IoBB);
 * :mod:`.explainers` with :mod:`.heatmaps`: the heatmap methods and their drawing.
-
-The names below are the ones ``cxr_vit.evaluation`` has always offered; the modules that used to sit beside it
-(``cxr_vit.subgroups``, ``cxr_vit.calibration``, ...) are still importable under those names.
 """
 
 from .bootstrap import (

@@ -417,7 +417,7 @@ def parse_args(args: list[str] | None = None) -> tuple[ModelArguments, DataArgum
     *dataclasses, remaining = parser.parse_args_into_dataclasses(args=args, return_remaining_strings=True)
     remaining = [item for item in remaining if item]
     if remaining:
-        parser.error(f"unrecognized arguments: {remaining}")
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
     model_args, data_args, training_args = dataclasses[:3]
     return model_args, data_args, training_args
 

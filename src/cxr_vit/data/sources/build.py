@@ -75,8 +75,11 @@ def assign_splits(frame: pd.DataFrame, seed: int, validation_fraction: float, te
     return splits
 
 
-def generate_examples(records: list[dict], source: str, image_size, on_bad_image: str, listed_in: str):
-    """The prepared rows of ``records`` (a shard of them per process); unreadable images follow ``on_bad_image``."""
+def generate_examples(
+    records: list[dict], source: str, image_size, on_bad_image: str, listed_in: str, cache_key: str = ""
+):
+    """The prepared rows of ``records`` (a shard of them per process); unreadable images follow ``on_bad_image``.
+    ``cache_key`` is not read: datasets keys its cache by these arguments, and the records hold only paths."""
     for record in records:
         where = f"line {record['csv_line']} of {listed_in}"
         image = read_or_skip(record["path"], image_size, on_bad_image, where)
@@ -94,8 +97,13 @@ def build_source_dataset(
     test_fraction: float = 0.1,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    cache_key: str = "",
 ) -> tuple[datasets.DatasetDict, SourceTable, list[str]]:
-    """The release's non-empty splits, its table (with its counts) and the ids of the images it listed."""
+    """The release's non-empty splits, its table (with its counts) and the ids of the images it listed.
+
+    ``cache_key`` (the digest of the preparation's provenance record: the label files, the image files' sizes, the
+    settings) goes into datasets' cache key, which otherwise sees the rows' paths and labels but not the files: an
+    image replaced in place by one of another size would be served from the first build."""
     source_table = read_source(options)
     frame = select_views(source_table, options.views)
     listed = frame["image_id"].tolist()
@@ -104,7 +112,7 @@ def build_source_dataset(
     frame = frame.assign(split=assign_splits(frame, split_seed, validation_fraction, test_fraction))
     splits = {}
     settings = {"source": options.source, "image_size": image_size, "on_bad_image": on_bad_image}
-    settings["listed_in"] = str(listing_file(options))
+    settings |= {"listed_in": str(listing_file(options)), "cache_key": cache_key}
     for split in SPLITS:
         records = frame[frame["split"] == split].drop(columns=["candidates", "split"]).to_dict("records")
         if not records:
