@@ -11,6 +11,8 @@ SCRIPTS = sorted((REPO / "scripts").glob("*.py")) + [REPO / "app.py"]
 # What each script requires, so that the unknown flag is what the parser stops at.
 REQUIRED = {
     "calibrate.py": ["--model", "m", "--dataset_name", "d", "--output_dir", "o"],
+    "dicom_node.py": ["--model", "m", "--allowed_ae", "A", "--destination", "h:1:B", "--output_dir", "o"],
+    "dicomweb_predict.py": ["--url", "u", "--model", "m", "--study", "1.2", "--output", "o"],
     "compare_encoders.py": ["--encoders", "a.yaml", "b.yaml", "--dataset_name", "d", "--num_train_epochs", "1"],
     "download_nih.py": ["--output_dir", "o"],
     "evaluate.py": ["--model", "m", "--dataset_name", "d", "--output_dir", "o"],
