@@ -130,3 +130,20 @@ def test_subgroup_counts_leave_missing_labels_out():
     assert entry["labels"]["Mass"]["auc"]["value"] == pytest.approx(
         roc_auc_score(targets[known, MASS], scores[known, MASS])
     )
+
+
+def test_the_trainer_loss_and_eval_bce_are_the_masked_ones(tmp_path):
+    from training_helpers import ToyLinear, toy_args, toy_rows
+    from transformers import EvalPrediction
+
+    from cxr_vit.metrics import compute_metrics
+    from cxr_vit.training import MultiLabelTrainer
+
+    trainer = MultiLabelTrainer(model=ToyLinear(), args=toy_args(tmp_path), train_dataset=toy_rows(4))
+    logits = torch.randn(6, 15)
+    targets = (torch.rand(6, 15) < 0.5).float()
+    targets[:, :4] = float("nan")
+    assert torch.isfinite(trainer.loss(logits, targets))
+    assert trainer.loss(logits, targets).item() == pytest.approx(masked_bce_with_logits(logits, targets).item())
+    metrics = compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=targets.numpy()))
+    assert metrics["bce"] == pytest.approx(masked_bce_with_logits(logits.double(), targets.double()).item())
