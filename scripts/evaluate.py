@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         thresholds_rule=setting.thresholds_rule,
     )
     if setting.external:
-        internal = internal_report(args.model, setting.training_sources)
+        internal = internal_report(args.model, setting.training_sources, evaluation.report["model_fingerprint"])
         evaluation.report["external_validation"] = external_section(evaluation.report, setting, *internal)
     # report.json/.md, thresholds.json and config.json may be published: names, never local paths
     data = public_dataset(args, dataset)

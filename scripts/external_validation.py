@@ -21,7 +21,8 @@ from pathlib import Path
 from cxr_vit import NIHDataError
 from cxr_vit.cli import add_runtime_arguments, check_runtime_arguments
 from cxr_vit.data import DEFAULT_SPLIT_SEED
-from cxr_vit.evaluation.external import ExternalValidationError, plot_table, table_markdown, validation_table
+from cxr_vit.evaluation.external import ExternalValidationError
+from cxr_vit.evaluation.external_table import plot_table, table_markdown, validation_table
 from cxr_vit.markdown import format_ci
 from cxr_vit.prediction import ModelLoadError
 

@@ -155,3 +155,35 @@ def test_the_table_script_scores_each_model_on_each_dataset(
     markdown = (out / "external_validation.md").read_text()
     assert "| Model | nih_small | padchest_like |" in markdown and "not annotated" in markdown
     assert Image.open(out / "external_validation.png").size[0] >= 600
+
+
+@pytest.mark.slow
+def test_training_on_two_sources_validates_each_and_the_pool(prepared_mini, other_source, tmp_path):
+    """train.py --dataset_name NIH --dataset_name <other source>: the union with the masked loss, validation per
+    source and pooled, the sources in config.json and the card."""
+    import yaml
+
+    from cxr_vit.training import parse_args
+
+    config = yaml.safe_load((REPO / "configs" / "quickstart.yaml").read_text())
+    config.update(images_dir=None, labels_csv=None, report_to="none", model_kwargs={"depth": 1}, num_train_epochs=2)
+    config.update(max_train_samples=48, max_eval_samples=40, train_metrics=False, output_dir=str(tmp_path / "run"))
+    config.pop("dataset_name", None)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(config))
+    train = load_script(REPO / "scripts" / "train.py").main
+    sources = ["--dataset_name", str(prepared_mini), "--dataset_name", str(other_source)]
+    train(*parse_args(["--config", str(tmp_path / "tiny.yaml"), *sources]))
+
+    run = tmp_path / "run"
+    results = json.loads((run / "all_results.json").read_text())
+    for prefix in ("eval", "eval_nih", "eval_padchest", "test", "test_nih", "test_padchest"):
+        assert 0.0 <= results[f"{prefix}_auc_macro"] <= 1.0, prefix
+    assert results["eval_padchest_num_labels_not_annotated"] == len(MISSING)
+    assert "eval_nih_num_labels_not_annotated" not in results and "eval_num_labels_not_annotated" not in results
+    assert results["train_samples"] == 48 + ROWS  # --max_train_samples of NIH's, all the other source's
+    assert results["eval_samples"] == 2 * ROWS
+    history = json.loads((sorted(run.glob("checkpoint-*"))[-1] / "trainer_state.json").read_text())["log_history"]
+    assert [entry["epoch"] for entry in history if "eval_padchest_auc_macro" in entry] == [1.0, 2.0]
+    assert json.loads((run / "config.json").read_text())["cxr_vit_training_sources"] == ["nih", "padchest"]
+    card = (run / "README.md").read_text()
+    assert "The union of 2 prepared sets, sources nih, padchest" in card and "skipped by the loss" in card
