@@ -11,6 +11,18 @@
 
     # ... and publish it: load_dataset("you/nih-chestxray14-256") then works anywhere
     python scripts/prepare_data.py ... --push_to_hub --hub_dataset_id you/nih-chestxray14-256 [--private]
+
+    # other hospitals' releases, labels mapped to ChestX-ray14's by name (docs/external.md)
+    python scripts/prepare_data.py --source chexpert --images_dir chexpert \\
+        --labels_csv chexpert/CheXpert-v1.0-small/valid.csv --output_dir data/chexpert_valid_256 --image_size 256
+    python scripts/prepare_data.py --source mimic_cxr --images_dir mimic-cxr-jpg/2.0.0 \\
+        --labels_csv mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-chexpert.csv \\
+        --metadata_csv mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-metadata.csv \\
+        --split_csv mimic-cxr-jpg/2.0.0/mimic-cxr-2.0.0-split.csv --output_dir data/mimic_256 --image_size 256
+    python scripts/prepare_data.py --source padchest --images_dir padchest \\
+        --labels_csv padchest/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv --output_dir data/padchest_256
+    python scripts/prepare_data.py --source vindr_cxr --images_dir vindr-cxr/1.0.0 --readers majority \\
+        --labels_csv vindr-cxr/1.0.0/annotations/image_labels_test.csv --output_dir data/vindr_test_256
 """
 
 import logging
@@ -40,6 +52,14 @@ def main(args: PrepareArguments) -> int:
                 print(f"note: {report.num_unlisted} image(s) in {args.images_dir} are not in the CSV and were not used")
             if report.skipped:
                 print("skipped: " + ", ".join(report.skipped[:20]) + (" ..." if report.num_skipped > 20 else ""))
+            if report.source != "nih":
+                annotated = ", ".join(report.annotated_labels)
+                print(f"{report.source} annotates {len(report.annotated_labels)} of 15 labels ({annotated})")
+                print(f"counts: {report.counts}")
+            if report.unknown_labels:
+                unknown = list(report.unknown_labels.items())
+                shown = ", ".join(f"{term!r} {count}" for term, count in unknown[:10]) + (" ..." * (len(unknown) > 10))
+                print(f"note: {len(unknown)} label string(s) not in the label map, not used (images): {shown}")
             if report.labels_without_positives:
                 missing = describe_missing_positives(report.labels_without_positives)
                 print(f"warning: labels without a positive image in some split (no AUC there): {missing}")

@@ -44,18 +44,19 @@ class ReportMismatchError(ValueError):
     """An evaluation report given for a model card is missing, unreadable or about other weights."""
 
 
-def template_path(kind: str) -> str:
-    """Path of the template of ``kind`` ("dataset_card" or "model_card"): the checkout's, else the package's."""
-    checkout = _SOURCE_ROOT / kind / TEMPLATE_NAME
+def template_path(kind: str, name: str = TEMPLATE_NAME) -> str:
+    """Path of the template ``name`` of ``kind`` ("dataset_card" or "model_card"): the checkout's, else the
+    package's. The dataset card has a second template, ``external.md``, for releases other than NIH."""
+    checkout = _SOURCE_ROOT / kind / name
     if Path(__file__).resolve().parent.parent.name == "src" and checkout.is_file():
         return str(checkout)
-    return str(files(f"cxr_vit.{kind}").joinpath(TEMPLATE_NAME))
+    return str(files(f"cxr_vit.{kind}").joinpath(name))
 
 
-def render_card(kind: str, card_data: CardData, **values) -> DatasetCard | ModelCard:
+def render_card(kind: str, card_data: CardData, template: str = TEMPLATE_NAME, **values) -> DatasetCard | ModelCard:
     """Fill the template with ``values``; ``card_data`` becomes the YAML header the Hub reads."""
     card_class = DatasetCard if isinstance(card_data, DatasetCardData) else ModelCard
-    return card_class.from_template(card_data, template_path=template_path(kind), **values)
+    return card_class.from_template(card_data, template_path=template_path(kind, template), **values)
 
 
 # ---- the evaluation report beside a model ------------------------------------------------------------------

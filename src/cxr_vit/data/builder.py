@@ -45,6 +45,8 @@ _LICENSE = "NIH Clinical Center release: unrestricted use with attribution (the 
 
 
 def nih_features() -> datasets.Features:
+    """The prepared schema of every source: ``labels`` holds the 15 canonical labels, NaN where a source does not
+    annotate one (or an uncertain one under ``--uncertain missing``)."""
     return datasets.Features(
         {
             "image": datasets.Image(),
@@ -56,6 +58,8 @@ def nih_features() -> datasets.Features:
             "sex": datasets.Value("string"),
             "view_position": datasets.Value("string"),
             "follow_up": datasets.Value("int32"),
+            # Which release the image comes from ("nih", "chexpert", "mimic_cxr", "padchest", "vindr_cxr").
+            "source": datasets.Value("string"),
         }
     )
 
@@ -181,29 +185,39 @@ class NIHChestXray14(datasets.GeneratorBasedBuilder):
                 for name, data in iter_archive(archive, records)
             )
         for record, source in sources:
-            try:
-                image = load_xray(source, self.config.image_size)
-            except Exception as err:  # PIL raises many types for broken files
-                if self.config.on_bad_image == "skip":
-                    continue
-                raise NIHDataError(
-                    f"cannot read image {source} (line {record['csv_line']} of {self.config.labels_csv}): "
-                    f"{type(err).__name__}: {err}. Pass on_bad_image='skip' to leave such files out."
-                ) from err
-            yield (
-                record["image_id"],
-                {
-                    "image": {"bytes": encode_png(image), "path": record["image_id"]},
-                    "labels": record["labels"],
-                    "findings": record["findings"],
-                    "image_id": record["image_id"],
-                    "patient_id": record["patient_id"],
-                    "age": record["age"],
-                    "sex": record["sex"],
-                    "view_position": record["view_position"],
-                    "follow_up": record["follow_up"],
-                },
-            )
+            image = read_or_skip(
+                source, self.config.image_size, self.config.on_bad_image, f"line {record['csv_line']} of "
+                f"{self.config.labels_csv}"
+            )  # fmt: skip
+            if image is not None:
+                yield record["image_id"], prepared_example(record, image, "nih")
+
+
+def read_or_skip(source, image_size: int | None, on_bad_image: str, where: str):
+    """The decoded (and shrunk) image, or None for a bad one under ``on_bad_image='skip'`` (the caller counts it).
+
+    ``where``: the label-file line listing it, for the error.
+    """
+    try:
+        return load_xray(source, image_size)
+    except Exception as err:  # PIL and pydicom raise many types for broken files
+        if on_bad_image == "skip":
+            return None
+        raise NIHDataError(
+            f"cannot read image {source} ({where}): {type(err).__name__}: {err}. Pass on_bad_image='skip' to "
+            "leave such files out."
+        ) from err
+
+
+def prepared_example(record: dict, image, source: str) -> dict:
+    """One row of the prepared schema (:func:`nih_features`) from a reader's record and its decoded image."""
+    return {
+        "image": {"bytes": encode_png(image), "path": record["image_id"]},
+        **{name: record[name] for name in ("labels", "findings", "image_id", "patient_id", "age", "sex")},
+        "view_position": record["view_position"],
+        "follow_up": record["follow_up"],
+        "source": source,
+    }
 
 
 def missing_images_error(missing: pd.DataFrame, labels_csv, images_dir) -> NIHDataError:

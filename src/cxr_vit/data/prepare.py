@@ -41,8 +41,20 @@ from .provenance import (
     prepare_record,
     read_record,
     record_differences,
+    source_record,
     write_record,
 )
+from .sources import (
+    READER_POLICIES,
+    RELEASE_NAMES,
+    SOURCE_CHOICES,
+    UNCERTAIN_POLICIES,
+    SourceDataError,
+    SourceOptions,
+    build_source_dataset,
+    read_source,
+)
+from .sources.build import attach_paths, select_views
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +75,43 @@ class PrepareArguments:
     labels_csv: str = field(metadata={"help": "sample_labels.csv (Kaggle) or Data_Entry_2017*.csv (full)."})
     output_dir: str = field(metadata={"help": "Where to write the Parquet shards and README.md."})
     config: str = field(default="sample", metadata={"help": "Builder config.", "choices": ["sample", "full"]})
+    source: str = field(
+        default="nih",
+        metadata={
+            "help": "Which release images_dir / labels_csv hold: nih (ChestX-ray14), chexpert (train.csv / valid.csv), "
+            "mimic_cxr (mimic-cxr-2.0.0-chexpert.csv, with --metadata_csv and --split_csv), padchest "
+            "(PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv) or vindr_cxr (image_labels_{train,test}.csv).",
+            "choices": list(SOURCE_CHOICES),
+        },
+    )
+    metadata_csv: str | None = field(default=None, metadata={"help": "mimic_cxr: mimic-cxr-2.0.0-metadata.csv."})
+    split_csv: str | None = field(
+        default=None, metadata={"help": "mimic_cxr: mimic-cxr-2.0.0-split.csv (the official split, used as is)."}
+    )
+    uncertain: str = field(
+        default="missing",
+        metadata={
+            "help": "chexpert / mimic_cxr: what an uncertain (-1.0) label becomes: missing (skipped by loss and "
+            "metrics), negative or positive.",
+            "choices": list(UNCERTAIN_POLICIES),
+        },
+    )
+    readers: str = field(
+        default="majority",
+        metadata={
+            "help": "vindr_cxr: a label is positive when most of an image's readers marked it (majority) or one did "
+            "(any).",
+            "choices": list(READER_POLICIES),
+        },
+    )
+    approximate_labels: bool = field(
+        default=False,
+        metadata={"help": "Also use the label map's approximations (e.g. CheXpert Lung Lesion -> Mass and Nodule)."},
+    )
+    views: str | None = field(
+        default=None,
+        metadata={"help": "Keep only these views, comma-separated (e.g. PA,AP); default: every view, none dropped."},
+    )
     image_size: int | None = field(
         default=None,
         metadata={"help": "Shrink once so the shorter side is this many px (e.g. 256 for 224 training)."},
@@ -93,7 +142,17 @@ class PrepareArguments:
         """The options of :func:`build_dataset` (not the paths, not the Hub options)."""
         not_build = {"images_dir", "labels_csv", "output_dir", "push_to_hub", "hub_dataset_id", "private", "hub_token"}
         not_build.add("overwrite_prepared")
-        return {key: value for key, value in vars(self).items() if key not in not_build}
+        kwargs = {key: value for key, value in vars(self).items() if key not in not_build}
+        kwargs["views"] = parse_views(self.views)
+        return kwargs
+
+
+def parse_views(views: str | list[str] | tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """``"PA,AP"`` (or a list) -> ``("PA", "AP")``; None or empty keeps every view."""
+    if views is None:
+        return None
+    parts = views.split(",") if isinstance(views, str) else list(views)
+    return tuple(part.strip().upper() for part in parts if part.strip()) or None
 
 
 class StalePreparedDataError(NIHDataError):
@@ -113,6 +172,12 @@ class PrepareReport:
     # Labels with no positive image in some split: {label: {split: positives}}. Their AUC is undefined there.
     labels_without_positives: dict[str, dict[str, int]] = field(default_factory=dict)
     reused: bool = False
+    source: str = "nih"
+    # The canonical labels this release annotates with the options given; the others are NaN in every row.
+    annotated_labels: tuple[str, ...] = LABELS
+    # What the reader counted (uncertain values, rows without labels, views dropped, missing files, readers...).
+    counts: dict[str, int] = field(default_factory=dict)
+    unknown_labels: dict[str, int] = field(default_factory=dict)
 
     @property
     def num_skipped(self) -> int:
@@ -132,8 +197,28 @@ def build_dataset(
     test_list: str | None = None,
     num_proc: int | None = None,
     cache_dir: str | os.PathLike | None = None,
+    source: str = "nih",
+    metadata_csv: str | None = None,
+    split_csv: str | None = None,
+    uncertain: str = "missing",
+    readers: str = "majority",
+    approximate_labels: bool = False,
+    views: tuple[str, ...] | None = None,
 ) -> tuple[datasets.DatasetDict, PrepareReport]:
-    """Run the builder and return the splits with a report of skipped images."""
+    """Run the builder (NIH) or the release's reader (:mod:`cxr_vit.data.sources`) and return the splits with a
+    report of what was kept and skipped. Another release gives only its non-empty splits."""
+    common = {"image_size": image_size, "on_bad_image": on_bad_image, "num_proc": num_proc, "cache_dir": cache_dir}
+    if source != "nih":
+        options = source_options(
+            source, images_dir, labels_csv, metadata_csv, split_csv, uncertain, readers, approximate_labels, views
+        )
+        fractions = {"validation_fraction": validation_fraction, "test_fraction": test_fraction}
+        return build_release(options, split_seed=split_seed, **fractions, **common)
+    if metadata_csv or split_csv or views or approximate_labels:
+        raise NIHDataError(
+            "--metadata_csv, --split_csv, --views and --approximate_labels are options of the other releases "
+            "(--source chexpert / mimic_cxr / padchest / vindr_cxr); NIH ChestX-ray14 needs none of them"
+        )
     builder = NIHChestXray14(
         config_name=config,
         cache_dir=str(cache_dir) if cache_dir else None,
@@ -173,6 +258,40 @@ def build_dataset(
     return dataset, report
 
 
+def source_options(
+    source, images_dir, labels_csv, metadata_csv, split_csv, uncertain, readers, approximate_labels, views
+) -> SourceOptions:
+    """The reader options, refusing files that belong to another release's reader."""
+    if source not in RELEASE_NAMES or source == "nih":
+        raise SourceDataError(f"unknown --source {source!r}; known: {', '.join(SOURCE_CHOICES)}")
+    if source != "mimic_cxr" and (metadata_csv or split_csv):
+        raise SourceDataError(
+            f"--metadata_csv / --split_csv are MIMIC-CXR-JPG files; --source {source} reads only --labels_csv"
+        )
+    return SourceOptions(
+        source, images_dir, labels_csv, metadata_csv, split_csv, uncertain, readers, approximate_labels, views
+    )
+
+
+def build_release(options: SourceOptions, **kwargs) -> tuple[datasets.DatasetDict, PrepareReport]:
+    """:func:`build_dataset` for another release: its splits and the report of what was kept."""
+    dataset, source_table, listed = build_source_dataset(options, **kwargs)
+    kept = {name for split in dataset.values() for name in split["image_id"]}
+    annotated = source_table.annotated_labels
+    report = PrepareReport(
+        csv_rows=len(listed),
+        split_rows={split: dataset[split].num_rows for split in dataset},
+        skipped=sorted(set(listed) - kept),
+        num_unlisted=None,  # a release folder holds other files (reports, other versions): not counted
+        labels_without_positives=labels_without_positives(positive_counts(dataset), annotated),
+        source=options.source,
+        annotated_labels=annotated,
+        counts=source_table.counts,
+        unknown_labels=source_table.unknown_labels,
+    )
+    return dataset, report
+
+
 def select_archive_splits(
     whole: datasets.Dataset, assigned, labels_csv, images_dir, on_bad_image: str
 ) -> datasets.DatasetDict:
@@ -206,16 +325,22 @@ def select_archive_splits(
 
 
 def positive_counts(splits) -> dict[str, np.ndarray]:
-    """Positive images per label (canonical order) of each split of a ``DatasetDict`` / dict of splits."""
-    return {name: np.asarray(split["labels"]).reshape(-1, len(LABELS)).sum(axis=0) for name, split in splits.items()}
+    """Positive images per label (canonical order) of each split of a ``DatasetDict`` / dict of splits (a missing
+    label, NaN, is not a positive)."""
+    return {
+        name: np.nansum(np.asarray(split["labels"], dtype=np.float32).reshape(-1, len(LABELS)), axis=0)
+        for name, split in splits.items()
+    }
 
 
-def labels_without_positives(counts: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
-    """``{label: {split: positives, ...}}`` for each label that has no positive image in at least one split."""
+def labels_without_positives(
+    counts: dict[str, np.ndarray], annotated: tuple[str, ...] = LABELS
+) -> dict[str, dict[str, int]]:
+    """``{label: {split: positives, ...}}`` for each ``annotated`` label without a positive image in some split."""
     return {
         label: {split: int(values[index]) for split, values in counts.items()}
         for index, label in enumerate(LABELS)
-        if any(values[index] == 0 for values in counts.values())
+        if label in annotated and any(values[index] == 0 for values in counts.values())
     }
 
 
@@ -227,15 +352,20 @@ def describe_missing_positives(missing: dict[str, dict[str, int]]) -> str:
     )
 
 
-def label_count_table(dataset: datasets.DatasetDict) -> str:
-    """Markdown table: positive images per label (canonical order) and split."""
-    counts = positive_counts({split: dataset[split] for split in SPLITS})
-    header = "| label | " + " | ".join(SPLITS) + " |\n|---|" + "---:|" * len(SPLITS)
+def label_count_table(dataset: datasets.DatasetDict, annotated: tuple[str, ...] = LABELS) -> str:
+    """Markdown table: positive images per label (canonical order) and split; a label the source does not annotate
+    says so instead of a count."""
+    splits = [split for split in SPLITS if split in dataset]
+    counts = positive_counts({split: dataset[split] for split in splits})
+    header = "| label | " + " | ".join(splits) + " |\n|---|" + "---:|" * len(splits)
     rows = [
-        f"| {label} | " + " | ".join(str(int(counts[s][i])) for s in SPLITS) + " |" for i, label in enumerate(LABELS)
+        f"| {label} | "
+        + " | ".join(str(int(counts[s][i])) if label in annotated else "not annotated" for s in splits)
+        + " |"
+        for i, label in enumerate(LABELS)
     ]
-    totals = "| **images** | " + " | ".join(str(dataset[s].num_rows) for s in SPLITS) + " |"
-    patients = "| **patients** | " + " | ".join(str(len(set(dataset[s]["patient_id"]))) for s in SPLITS) + " |"
+    totals = "| **images** | " + " | ".join(str(dataset[s].num_rows) for s in splits) + " |"
+    patients = "| **patients** | " + " | ".join(str(len(set(dataset[s]["patient_id"]))) for s in splits) + " |"
     return "\n".join([header, *rows, totals, patients])
 
 
@@ -252,33 +382,45 @@ def write_prepared(
     for old in data_dir.glob("*.parquet"):
         old.unlink()  # a re-run with other settings must not leave stale shards behind
     split_dict = datasets.SplitDict()
-    for split in SPLITS:
+    splits = [split for split in SPLITS if split in dataset]  # another release may have no train split, say
+    for split in splits:
         part = dataset[split]
         num_shards = max(1, math.ceil(part.data.nbytes / MAX_SHARD_BYTES))
         for index in range(num_shards):
             shard = part.shard(num_shards, index, contiguous=True)
             shard.to_parquet(str(data_dir / f"{split}-{index:05d}-of-{num_shards:05d}.parquet"))
         split_dict.add(datasets.SplitInfo(name=split, num_examples=part.num_rows, num_bytes=part.data.nbytes))
-    info = datasets.DatasetInfo(features=dataset["train"].features, splits=split_dict)
+    info = datasets.DatasetInfo(features=dataset[splits[0]].features, splits=split_dict)
+    nih = report.source == "nih"
+    name = RELEASE_NAMES[report.source]
     card_data = DatasetCardData(
         license="other",
         task_categories=["image-classification"],
-        tags=["medical", "chest-x-ray", "multi-label-classification", "nih-chestxray14"],
-        pretty_name="NIH ChestX-ray14 (cxr-vit prepared)",
+        tags=["medical", "chest-x-ray", "multi-label-classification", report.source.replace("_", "-")]
+        if not nih
+        else ["medical", "chest-x-ray", "multi-label-classification", "nih-chestxray14"],
+        pretty_name=f"{name} (cxr-vit prepared{'' if nih else ', ChestX-ray14 labels'})",
     )
     DatasetInfosDict({"default": info}).to_dataset_card_data(card_data)
-    data_files = [{"split": split, "path": f"data/{split}-*"} for split in SPLITS]
+    data_files = [{"split": split, "path": f"data/{split}-*"} for split in splits]
     MetadataConfigs({"default": {"data_files": data_files}}).to_dataset_card_data(card_data)
     card = render_card(
         "dataset_card",
         card_data,
-        label_table=label_count_table(dataset),
+        template="README.md" if nih else "external.md",
+        label_table=label_count_table(dataset, report.annotated_labels),
         csv_rows=report.csv_rows,
         split_rows=report.split_rows,
         num_skipped=report.num_skipped,
         skipped_examples=report.skipped[:20],
         num_unlisted=report.num_unlisted,
         labels_without_positives=report.labels_without_positives,
+        release_name=name,
+        source=report.source,
+        annotated_labels=report.annotated_labels,
+        counts=report.counts,
+        unknown_labels=dict(list(report.unknown_labels.items())[:30]),
+        num_unknown_labels=len(report.unknown_labels),
         **card_values,
     )
     card.save(output_dir / "README.md")
@@ -312,9 +454,10 @@ def prepare_dataset(
             "on_bad_image": build_kwargs.get("on_bad_image", "error"),
             "official_lists": bool(build_kwargs.get("test_list")),
             "labels_csv_name": Path(labels_csv).name,
+            "options": label_options(build_kwargs),
         }
         write_prepared(dataset, output_dir, report, card_values)
-    write_record(output_dir, {**record, "splits": report.split_rows, "skipped": report.num_skipped})
+    write_record(output_dir, {**record, **outcome_record(report, build_kwargs)})
     (output_dir / PREPARING_MARKER).unlink()  # complete: the record is in place
     logger.info("wrote %s: %s, %d skipped", output_dir, report.split_rows, report.num_skipped)
     if report.labels_without_positives:
@@ -324,7 +467,36 @@ def prepare_dataset(
     return report
 
 
+def label_options(build_kwargs: dict) -> dict:
+    """How the labels were read (None where an option does not apply to the release): the record's ``options``."""
+    source = build_kwargs.get("source", "nih")
+    return {
+        "uncertain": build_kwargs.get("uncertain", "missing") if source in ("chexpert", "mimic_cxr") else None,
+        "readers": build_kwargs.get("readers", "majority") if source == "vindr_cxr" else None,
+        "approximate_labels": bool(build_kwargs.get("approximate_labels", False)),
+        "views": list(build_kwargs["views"]) if build_kwargs.get("views") else None,
+    }
+
+
+def outcome_record(report: PrepareReport, build_kwargs: dict) -> dict:
+    """What ``prepare.json`` says about the result: the release, the labels it annotates, the options, the counts of
+    what was kept, the unknown label strings with their image counts, and the skips."""
+    return {
+        "source": report.source,
+        "annotated_labels": list(report.annotated_labels),
+        "options": label_options(build_kwargs),
+        "counts": {"listed": report.csv_rows, **report.counts, "kept": sum(report.split_rows.values())},
+        "unknown_labels": report.unknown_labels,
+        "splits": report.split_rows,
+        "skipped": report.num_skipped,
+        "skipped_images": report.skipped[:1000],
+    }
+
+
 def _record_for(images_dir, labels_csv, build_kwargs: dict) -> dict:
+    source = build_kwargs.get("source", "nih")
+    if source != "nih":
+        return _release_record(images_dir, labels_csv, build_kwargs)
     parameters = {
         "config": "sample",
         "image_size": None,
@@ -337,6 +509,25 @@ def _record_for(images_dir, labels_csv, build_kwargs: dict) -> dict:
     return prepare_record(
         images_dir, labels_csv, parameters, build_kwargs.get("train_val_list"), build_kwargs.get("test_list")
     )
+
+
+def _release_record(images_dir, labels_csv, build_kwargs: dict) -> dict:
+    """The provenance record of another release: its label files' hashes and the image files it would use."""
+    options = source_options(
+        build_kwargs.get("source"), images_dir, labels_csv, build_kwargs.get("metadata_csv"),
+        build_kwargs.get("split_csv"), build_kwargs.get("uncertain", "missing"),
+        build_kwargs.get("readers", "majority"), build_kwargs.get("approximate_labels", False),
+        build_kwargs.get("views"),
+    )  # fmt: skip
+    frame = select_views(read_source(options), options.views)
+    frame, _ = attach_paths(frame, options, "skip")  # the files there now; missing ones are reported by the build
+    parameters = {
+        "config": None, "image_size": None, "split_seed": DEFAULT_SPLIT_SEED, "validation_fraction": 0.1,
+        "test_fraction": 0.1, "on_bad_image": "error", **build_kwargs, "images_dir": images_dir,
+        **label_options(build_kwargs),
+    }  # fmt: skip
+    inputs = {"labels_csv": labels_csv, "metadata_csv": options.metadata_csv, "split_csv": options.split_csv}
+    return source_record(dict(zip(frame["image_id"], frame["path"], strict=True)), inputs, parameters)
 
 
 def check_prepared_features(dataset: datasets.Dataset, name: str) -> None:

@@ -34,6 +34,9 @@ PREPARING_MARKER = ".cxr_vit_preparing.json"
 RECORD_VERSION = 1
 # The settings that change a prepared folder's content (num_proc does not).
 RECORDED_PARAMETERS = ("config", "image_size", "split_seed", "validation_fraction", "test_fraction", "on_bad_image")
+# ... and, for the other releases (absent, so None, in an NIH record): which release and how its labels were read.
+SOURCE_PARAMETERS = ("source", "uncertain", "readers", "approximate_labels", "views")
+INPUT_FILES = ("labels_csv", "train_val_list", "test_list", "metadata_csv", "split_csv")
 
 
 def file_sha256(path: str | os.PathLike) -> str:
@@ -54,7 +57,12 @@ def images_fingerprint(images_dir: str | os.PathLike, names: list[str]) -> dict[
     if archives:
         return archives_fingerprint(archives)
     index = index_images(images_dir)
-    lines = [f"{name}\t{index[name].stat().st_size}" for name in sorted(names) if name in index]
+    return files_fingerprint({name: index[name] for name in names if name in index})
+
+
+def files_fingerprint(paths: dict[str, str | os.PathLike]) -> dict[str, Any]:
+    """Count and digest of image files given as ``{image id: path}`` (each id with its file's byte size)."""
+    lines = [f"{name}\t{os.stat(paths[name]).st_size}" for name in sorted(paths)]
     return {"count": len(lines), "sha256": hashlib.sha256("\n".join(lines).encode()).hexdigest()}
 
 
@@ -80,6 +88,21 @@ def prepare_record(
             "test_list": _file_entry(test_list),
             "images": {"path": str(images_dir), **images_fingerprint(images_dir, names)},
         },
+    }
+
+
+def source_record(
+    images: dict[str, str | os.PathLike], inputs: dict[str, str | os.PathLike | None], parameters: dict[str, Any]
+) -> dict[str, Any]:
+    """The record of a preparation of another release: ``images`` maps each image id to its file, ``inputs`` names
+    the label files (``labels_csv``, ``metadata_csv``, ``split_csv``) and ``parameters`` holds every setting."""
+    recorded = (*RECORDED_PARAMETERS, *SOURCE_PARAMETERS)
+    entries = {name: _file_entry(inputs.get(name)) for name in INPUT_FILES}
+    images_dir = parameters.get("images_dir")
+    return {
+        "version": RECORD_VERSION,
+        "parameters": {name: parameters.get(name) for name in recorded},
+        "inputs": {**entries, "images": {"path": str(images_dir), **files_fingerprint(images)}},
     }
 
 
@@ -120,11 +143,11 @@ def record_differences(recorded: dict[str, Any], current: dict[str, Any]) -> lis
     if recorded.get("version") != current.get("version"):
         return [f"record version {recorded.get('version')} -> {current.get('version')}"]
     differences = []
-    for name in RECORDED_PARAMETERS:
+    for name in (*RECORDED_PARAMETERS, *SOURCE_PARAMETERS):
         before, after = recorded["parameters"].get(name), current["parameters"].get(name)
         if before != after:
             differences.append(f"{name} {before} -> {after}")
-    for name in ("labels_csv", "train_val_list", "test_list"):
+    for name in INPUT_FILES:
         before, after = recorded["inputs"].get(name), current["inputs"].get(name)
         if (before or {}).get("sha256") != (after or {}).get("sha256"):
             differences.append(f"{name} content ({_short(before)} -> {_short(after)})")
