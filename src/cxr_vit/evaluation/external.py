@@ -131,6 +131,11 @@ def stored_thresholds(model_name: str | os.PathLike, config) -> tuple[dict[str, 
     if stored is None and path.is_file():
         content = json.loads(path.read_text())
         stored, info, where = content.get("thresholds"), content, f"evaluation/{THRESHOLDS_FILE}"
+        if content.get("tta", 1) != 1 or len(content.get("models") or [None]) != 1:
+            raise ExternalValidationError(
+                f"{model_name}/{where} was chosen on averaged probabilities (test-time views or an ensemble), not on "
+                "this model's own: store the model's thresholds with scripts/evaluate.py --save_thresholds"
+            )
     if not isinstance(stored, dict) or set(stored) != set(LABELS):
         raise ExternalValidationError(
             f"{model_name} has no stored thresholds (config.json {THRESHOLDS_KEY} or evaluation/{THRESHOLDS_FILE}): "
