@@ -21,13 +21,13 @@ def with_missing_labels(
     split: datasets.Dataset, source: str, missing: Sequence[str], uncertain: float = 0.0, seed: int = 0
 ) -> datasets.Dataset:
     """``split`` with the ``missing`` labels NaN in every row, a share ``uncertain`` of the other entries NaN, and
-    a ``source`` column."""
+    ``source`` in its ``source`` column."""
     labels = np.asarray(split["labels"], dtype=np.float32).reshape(-1, NUM_LABELS)
     labels[:, [LABEL2ID[label] for label in missing]] = np.nan
     labels[np.random.default_rng(seed).random(labels.shape) < uncertain] = np.nan
     features = split.features
-    split = split.remove_columns(["labels"]).add_column("labels", labels.tolist())
-    split = split.add_column("source", [source] * len(split))
+    split = split.remove_columns([name for name in ("labels", "source") if name in split.column_names])
+    split = split.add_column("labels", labels.tolist()).add_column("source", [source] * len(split))
     return split.cast(datasets.Features({**features, "source": datasets.Value("string")}))
 
 

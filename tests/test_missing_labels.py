@@ -147,3 +147,20 @@ def test_the_trainer_loss_and_eval_bce_are_the_masked_ones(tmp_path):
     assert trainer.loss(logits, targets).item() == pytest.approx(masked_bce_with_logits(logits, targets).item())
     metrics = compute_metrics(EvalPrediction(predictions=logits.numpy(), label_ids=targets.numpy()))
     assert metrics["bce"] == pytest.approx(masked_bce_with_logits(logits.double(), targets.double()).item())
+
+
+def test_each_bootstrap_resample_scores_a_label_over_its_known_rows():
+    """A resample weighs each image by its patient's draws; a label's AUC there is sklearn's weighted AUC over the
+    images where the label is known."""
+    from cxr_vit.evaluation import bootstrap_distribution, patient_resamples
+
+    scores, targets = scores_with_missing(rows=60, seed=3)
+    patients = np.arange(60) // 3
+    samples = bootstrap_distribution(scores, targets, patients, n_bootstrap=5, seed=7, chunk_size=5)
+    (_, counts), = patient_resamples(20, 5, 7, 5)  # fmt: skip
+    known = ~np.isnan(targets[:, MASS])
+    for resample in range(5):
+        weights = counts[resample, patients][known]
+        expected = roc_auc_score(targets[known, MASS], scores[known, MASS], sample_weight=weights)
+        assert samples[resample, 0, MASS] == pytest.approx(expected)
+    assert np.isnan(samples[:, 0, HERNIA]).all()
