@@ -103,16 +103,16 @@ def build_source_dataset(
     source_table.counts["missing_files"] = len(missing)
     frame = frame.assign(split=assign_splits(frame, split_seed, validation_fraction, test_fraction))
     splits = {}
+    settings = {"source": options.source, "image_size": image_size, "on_bad_image": on_bad_image}
+    settings["listed_in"] = str(listing_file(options))
     for split in SPLITS:
         records = frame[frame["split"] == split].drop(columns=["candidates", "split"]).to_dict("records")
         if not records:
             continue
-        kwargs = {"source": options.source, "image_size": image_size, "on_bad_image": on_bad_image}
-        kwargs["listed_in"] = str(listing_file(options))
         splits[split] = datasets.Dataset.from_generator(
             generate_examples,
             features=nih_features(),
-            gen_kwargs={"records": records, **kwargs},
+            gen_kwargs={"records": records, **settings},
             cache_dir=str(cache_dir) if cache_dir else None,
             num_proc=num_proc if num_proc and len(records) >= num_proc else None,
             split=split,
