@@ -17,6 +17,12 @@ A report written to <model>/evaluation is what the model card and push_to_hub.py
 an export folder of scripts/export_onnx.py run by ONNX Runtime (fp32 or int8), through the same preprocessing and
 report; no localization there (heatmaps need gradients) and no calibration before/after.
 
+--split all scores every image of the set (an external set is usually scored whole). On a set from a source the
+model was not trained on (its `source` column; docs/external.md), and with --split all, the thresholds are the ones
+stored with the model (chosen on its training source's validation split: config.json, or the thresholds.json of
+<model>/evaluation), labels the set does not annotate are reported with auc null and the reason, and an external
+set's report gets an "External validation" section beside the model's own report in <model>/evaluation.
+
 The model folder is left untouched; --save_thresholds also stores the thresholds in its
 config.json (key cxr_vit_thresholds), where scripts/predict.py and app.py read them (for a Hub id, an updated
 config.json goes to --output_dir, with the command that uploads it). predict.py --thresholds thresholds.json uses
@@ -37,6 +43,7 @@ from cxr_vit.cli import (
     public_dataset,
 )
 from cxr_vit.data import select_splits
+from cxr_vit.data.schemas import ALL_SPLITS
 from cxr_vit.evaluation import (
     THRESHOLD_RULE,
     THRESHOLDS_FILE,
@@ -47,6 +54,7 @@ from cxr_vit.evaluation import (
     write_thresholds,
 )
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, resolve_explainer
+from cxr_vit.evaluation.external import ExternalValidationError, external_section, external_setting, internal_report
 from cxr_vit.evaluation.localization import read_bbox_csv
 from cxr_vit.markdown import format_ci
 from cxr_vit.onnx_model import NO_GRADIENTS
@@ -92,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         space_separated=True,
         backend=True,
     )
-    add_dataset_arguments(parser, "test", "The split to report on (default: test).")
+    add_dataset_arguments(parser, "test", f"The split to report on (default: test; {ALL_SPLITS}: every image).")
     parser.add_argument("--validation_split", default="validation", help="Where thresholds are chosen.")
     parser.add_argument("--output_dir", required=True, help="Where report.json/.md and the curves go.")
     parser.add_argument("--n_bootstrap", type=int, default=1000, help="Patient resamples for the CIs.")
@@ -139,18 +147,25 @@ def main(argv: list[str] | None = None) -> int:
             resolve_explainer(model, args.explainer)  # an explainer that cannot explain the model, likewise
         dataset = load_chestxray14(args.dataset_name, args.dataset_config_name, args.split_seed)
         # the bootstrap resamples patients
-        evaluated, validation = select_splits(
-            dataset, [args.split, args.validation_split], args.dataset_name, columns=["patient_id"]
-        )
+        (evaluated,) = select_splits(dataset, [args.split], args.dataset_name, columns=["patient_id"])
+        setting = external_setting(args.model, model.config, evaluated, args.split, ALL_SPLITS)
+        validation = None  # another source, or every image: the thresholds stored with the model
+        if setting.thresholds is None:
+            (validation,) = select_splits(dataset, [args.validation_split], args.dataset_name)
+        elif ensemble or args.tta > 1 or args.save_thresholds:
+            raise ValueError(
+                "the model's stored thresholds are used here (another source, or --split all): they belong to one "
+                "model and one view, and nothing is chosen to save; drop the extra --model / --tta / --save_thresholds"
+            )
         if boxes is not None and "image_id" not in evaluated.column_names:
             raise ValueError(
                 f"--bbox_csv: split {args.split!r} of {args.dataset_name} has no 'image_id' column to match the "
                 "boxes' 'Image Index' with"
             )
-    except (ModelLoadError, NIHDataError, ExplainerError, ValueError) as err:
+    except (ModelLoadError, NIHDataError, ExplainerError, ExternalValidationError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.split == args.validation_split:
+    if validation is not None and args.split == args.validation_split:
         print(
             f"warning: thresholds are chosen on {args.split!r}, the split evaluated: the sensitivity, specificity, "
             "PPV and F1 are optimistic",
@@ -172,7 +187,12 @@ def main(argv: list[str] | None = None) -> int:
         bbox_csv=Path(args.bbox_csv).name if args.bbox_csv else "?",
         tta=args.tta,
         ensemble=ensemble,
+        thresholds=setting.thresholds,
+        thresholds_rule=setting.thresholds_rule,
     )
+    if setting.external:
+        internal = internal_report(args.model, setting.training_sources, evaluation.report["model_fingerprint"])
+        evaluation.report["external_validation"] = external_section(evaluation.report, setting, *internal)
     # report.json/.md, thresholds.json and config.json may be published: names, never local paths
     data = public_dataset(args, dataset)
     evaluation.report.update(
@@ -188,8 +208,10 @@ def main(argv: list[str] | None = None) -> int:
     output_dir.mkdir(parents=True, exist_ok=True)
     info = {"rule": THRESHOLD_RULE, "dataset": data.name, "split": args.validation_split}
     info.update(model=evaluation.report["model"], models=evaluation.report["models"], tta=args.tta)
-    thresholds_file = write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info)
-    evaluation.report["thresholds_file"] = THRESHOLDS_FILE  # beside the report
+    written = []
+    if validation is not None:  # chosen here (not the stored ones)
+        written.append(write_thresholds(output_dir / THRESHOLDS_FILE, evaluation.thresholds, info))
+        evaluation.report["thresholds_file"] = THRESHOLDS_FILE  # beside the report
     if args.save_thresholds:
         entries = threshold_config_entries(evaluation.thresholds, info)
         saved = None
@@ -213,15 +235,16 @@ def main(argv: list[str] | None = None) -> int:
 
     paths = write_report(evaluation, output_dir)
     macro = evaluation.report["auc_macro"]
+    findings = len(evaluation.report["macro_findings"])
     print(
-        f"macro AUC (14 findings) on {args.split}: {format_ci(macro)} "
+        f"macro AUC ({findings} findings) on {args.split}: {format_ci(macro)} "
         f"({macro['n_resamples']}/{args.n_bootstrap} resamples had every finding's two classes)"
     )
     for line in section_summary(evaluation.report, args.split):
         print(line)
-    print("wrote " + ", ".join(str(path) for path in [*paths.values(), thresholds_file]))
-    if not args.save_thresholds:
-        print(f"model folder left untouched; use the thresholds with predict.py --thresholds {thresholds_file}")
+    print("wrote " + ", ".join(str(path) for path in [*paths.values(), *written]))
+    if written and not args.save_thresholds:
+        print(f"model folder left untouched; use the thresholds with predict.py --thresholds {written[0]}")
     return 0
 
 

@@ -35,7 +35,7 @@ from cxr_vit import (
     push_model,
 )
 from cxr_vit.cards import write_model_card
-from cxr_vit.constants import TRAINING_CURVES_NAME
+from cxr_vit.constants import SOURCES_KEY, TRAINING_CURVES_NAME
 from cxr_vit.encoders import EncoderNotFoundError
 from cxr_vit.metrics import compute_metrics
 from cxr_vit.modeling import PretrainedWeightsUnavailable, data_config
@@ -44,7 +44,7 @@ from cxr_vit.training import plot_training_curves, positive_weights, save_run_ar
 from cxr_vit.training.checkpoints import CheckpointError, resolve_resume_checkpoint
 from cxr_vit.training.distributed import LaunchError, check_process_count, configure_fsdp
 from cxr_vit.training.finetune import feature_datasets
-from cxr_vit.training.inputs import input_datasets, load_splits
+from cxr_vit.training.inputs import input_datasets, load_splits, per_source, training_sources
 
 logger = logging.getLogger("train")
 
@@ -76,7 +76,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         training_args.learning_rate,
     )
 
-    # ---- data ----------------------------------------------------------------------------------
+    # ---- data (several --dataset_name: their union, each source also validated apart) ---------
     splits = load_splits(data_args, training_args)
     pos_weight = positive_weights(splits["train"]["labels"]) if training_args.pos_weight else None
 
@@ -90,6 +90,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         pretrained_weights=model_args.pretrained_weights,
         allow_resampled_weights=model_args.allow_resampled_weights,
     )
+    setattr(model.config, SOURCES_KEY, training_sources(splits))  # in config.json: the card and evaluate.py read it
     configure_fsdp(training_args, model)
     model_data_config = data_config(model)
     logger.info(
@@ -122,6 +123,7 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         pos_weight=pos_weight,
         batch_transform=batch_transform,
         train_metrics=training_args.train_metrics,
+        eval_sources=per_source(role_datasets, "eval"),
     )
     train_result = trainer.train(resume_from_checkpoint=resume)
     trainer.save_model()  # the best checkpoint's weights: load_best_model_at_end
@@ -144,6 +146,8 @@ def main(model_args: ModelArguments, data_args: DataArguments, training_args: CX
         trainer.save_metrics("eval", metrics)
     if "test" in splits:
         metrics = trainer.evaluate(role_datasets["test"], metric_key_prefix="test")
+        for source, dataset in per_source(role_datasets, "test").items():
+            metrics.update(trainer.evaluate(dataset, metric_key_prefix=f"test_{source}"))
         metrics["test_samples"] = len(splits["test"])
         trainer.log_metrics("test", metrics)
         trainer.save_metrics("test", metrics)

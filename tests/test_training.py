@@ -24,10 +24,23 @@ def test_yaml_config_with_flags_overriding(tmp_path):
     assert model_args.model_kwargs == {"depth": 2}
     assert training_args.learning_rate == pytest.approx(1e-3)  # YAML's "1e-3" string converted
     assert training_args.num_train_epochs == 5  # the flag wins
-    assert data_args.dataset_name == "somewhere"
+    assert data_args.dataset_name == ["somewhere"]  # one name, or several sources
     assert training_args.metric_for_best_model == "auc_macro"
     assert training_args.load_best_model_at_end and training_args.lr_scheduler_type == "cosine"
     assert training_args.bf16 is False  # no GPU here
+
+
+def test_dataset_name_repeated_names_several_sources_and_replaces_the_config_value(tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text("dataset_name: from_yaml\n")
+    out = ["--output_dir", str(tmp_path / "out")]
+    assert parse_args(["--config", str(config), *out])[1].dataset_name == ["from_yaml"]
+    _, data_args, _ = parse_args(["--config", str(config), "--dataset_name", "a", "--dataset_name", "b", *out])
+    assert data_args.dataset_name == ["a", "b"]  # the flags replace the file's value, then add to each other
+    assert parse_args(["--dataset_name", "a", "b", *out])[1].dataset_name == ["a", "b"]
+    assert parse_args(out)[1].dataset_name == ["data/nih_mini_prepared"]
+    with pytest.raises(ValueError, match="prepares one dataset"):
+        parse_args(["--dataset_name", "a", "--dataset_name", "b", "--images_dir", "i", "--labels_csv", "c", *out])
 
 
 def test_run_name_defaults_to_the_output_folder_and_start_time(tmp_path):

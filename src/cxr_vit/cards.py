@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import CardData, DatasetCard, DatasetCardData, EvalResult, ModelCard, ModelCardData
 
-from .constants import FINDINGS, LABELS, NO_FINDING, TRAINING_CURVES_NAME
+from .constants import DEFAULT_SOURCE, FINDINGS, LABELS, NO_FINDING, SOURCES_KEY, TRAINING_CURVES_NAME
 from .public_names import DatasetReference, dataset_reference, hub_id_of_cached_file
 
 logger = logging.getLogger(__name__)
@@ -117,10 +117,11 @@ def read_run_args(model_dir: str | os.PathLike) -> dict:
 
 
 def run_arg_paths(run_args: dict) -> list[str]:
-    """Every argument value of the run that looks like a path (holds a separator): what a card must not name."""
-    return [
-        value for section in run_args.values() for value in section.values() if isinstance(value, str) and "/" in value
-    ]
+    """Every argument value of the run that looks like a path (holds a separator), also inside a list (several
+    ``--dataset_name``): what a card must not name."""
+    values = [value for section in run_args.values() for value in section.values()]
+    values = [item for value in values for item in (value if isinstance(value, list) else [value])]
+    return [value for value in values if isinstance(value, str) and "/" in value]
 
 
 def card_evaluation(report: dict) -> dict:
@@ -207,13 +208,27 @@ def render_model_card(
     return model_card_with_report(model_dir, repo_id, found[0] if found else None, dataset_repo)
 
 
+def training_dataset_names(run_args: dict) -> list[str]:
+    """The run's ``--dataset_name`` values (one, or several sources), from ``run_args.yaml``."""
+    names = run_args.get("DataArguments", {}).get("dataset_name")
+    return [names] if isinstance(names, str) else list(names or [])
+
+
+def training_sets(run_args: dict) -> list[str]:
+    """Every training set as a card names it (Hub id or description), for a run on several sources."""
+    seed = run_args.get("DataArguments", {}).get("split_seed")
+    return [dataset_reference(name, split_seed=seed).name for name in training_dataset_names(run_args)]
+
+
 def training_data_reference(run_args: dict, results: dict, dataset_repo: str | None = None) -> DatasetReference:
-    """The training data as the card names it: the run's dataset (``run_args.yaml``) by Hub id or description."""
+    """The training data as the card names it: the run's (first) dataset (``run_args.yaml``) by Hub id or
+    description; a run on several sources lists them all too (:func:`training_sets`)."""
     data_args = run_args.get("DataArguments", {})
     counts = {"train": "train_samples", "validation": "eval_samples", "test": "test_samples"}
     used = {split: int(results[key]) for split, key in counts.items() if results.get(key) is not None}
+    names = training_dataset_names(run_args)
     return dataset_reference(
-        data_args.get("dataset_name"),
+        names[0] if names else None,
         hub_id=dataset_repo,
         split_seed=data_args.get("split_seed"),
         splits=used or None,
@@ -301,6 +316,8 @@ def model_card_with_report(
         finetune=config.get("cxr_vit_finetune"),
         input_size=pretrained_cfg.get("input_size"),
         dataset=dataset,
+        training_sets=training_sets(run_args),
+        sources=config.get(SOURCES_KEY) or [DEFAULT_SOURCE],
         per_label=per_label,
         no_finding=NO_FINDING,
         num_findings=len(FINDINGS),

@@ -37,3 +37,9 @@ TRAINING_CURVES_NAME = "training_curves.png"
 # the model's config.json (transformers keeps unknown config keys), so prediction uses them after a stock load.
 THRESHOLDS_KEY = "cxr_vit_thresholds"
 THRESHOLDS_INFO_KEY = "cxr_vit_thresholds_info"
+
+# Where a prepared image comes from: the `source` column of a prepared set (a set without one is NIH ChestX-ray14, as
+# cxr-vit always prepared it), and the config.json key listing the sources a model was trained on (scripts/train.py).
+SOURCE_COLUMN = "source"
+DEFAULT_SOURCE = "nih"
+SOURCES_KEY = "cxr_vit_training_sources"

@@ -164,14 +164,15 @@ class Classifier:
     def predict_dataset(
         self, dataset, batch_size: int = 64, num_workers: int = 0, desc: str = "predict", progress: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(probabilities, multi-hot targets), both ``(n, 15)``, of a prepared split (``image`` + ``labels``)."""
+        """(probabilities, multi-hot targets), both ``(n, 15)`` float64, of a prepared split (``image`` + ``labels``);
+        a target is NaN where the split's source does not annotate that label."""
         from tqdm.auto import tqdm
 
         probabilities, targets = [], []
         for batch in tqdm(self.loader(dataset, batch_size, num_workers), desc=desc, unit="batch", disable=not progress):
             probabilities.append(self.probabilities(batch["pixel_values"]))
             targets.append(batch["labels"].numpy())
-        return np.concatenate(probabilities), np.concatenate(targets).astype(np.int64)
+        return np.concatenate(probabilities), np.concatenate(targets).astype(np.float64)
 
 
 class Ensemble:

@@ -241,22 +241,37 @@ def load_chestxray14(
     return canonical_splits(dataset, name, split_seed)
 
 
+ALL_SPLITS = "all"
+
+
+def all_images(dataset: datasets.DatasetDict) -> datasets.Dataset:
+    """Every split of ``dataset`` as one split, in split order, with the columns all splits share: an external set is
+    usually scored whole."""
+    parts = list(dataset.values())
+    shared = [name for name in parts[0].column_names if all(name in part.column_names for part in parts)]
+    return datasets.concatenate_datasets([part.select_columns(shared) for part in parts])
+
+
 def select_splits(
     dataset: datasets.DatasetDict, names: Sequence[str], where: str, columns: Sequence[str] = ()
 ) -> list[datasets.Dataset]:
-    """The named splits, each checked to hold an image and the 15 labels (and ``columns``), else an error naming
-    the dataset, the split and what is missing."""
+    """The named splits (:data:`ALL_SPLITS`: every image, :func:`all_images`), each checked to hold an image and the
+    15 labels (and ``columns``), else an error naming the dataset, the split and what is missing."""
     from .prepare import check_prepared_features
 
     selected = []
     for name in names:
-        if name not in dataset:
-            raise NIHDataError(f"{where} has no split {name!r} (it has {list(dataset)})")
-        check_prepared_features(dataset[name], f"{where}[{name}]")
-        missing = [column for column in columns if column not in dataset[name].column_names]
+        if name == ALL_SPLITS and name not in dataset:
+            split = all_images(dataset)
+        elif name not in dataset:
+            raise NIHDataError(f"{where} has no split {name!r} (it has {list(dataset)}, or {ALL_SPLITS!r} for all)")
+        else:
+            split = dataset[name]
+        check_prepared_features(split, f"{where}[{name}]")
+        missing = [column for column in columns if column not in split.column_names]
         if missing:
             raise NIHDataError(f"split {name!r} of {where} has no {missing} column(s): prepare it with cxr-vit")
-        selected.append(dataset[name])
+        selected.append(split)
     return selected
 
 

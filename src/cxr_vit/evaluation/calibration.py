@@ -101,15 +101,17 @@ def calibration_report(probabilities: np.ndarray, targets: np.ndarray, n_bins: i
 
     ``{"binning": str, "n_bins": int, "ece_macro": float, "brier_macro": float,
     "labels": {label: {"ece", "brier", "positives", "n", "bins": reliability_bins(...)}}}``.
-    Macros average the 14 findings ("No Finding" is reported, not averaged), like the AUC macro.
+    Macros average the 14 findings ("No Finding" is reported, not averaged), like the AUC macro. Each label is
+    measured over the rows where it is known (NaN targets: missing); a label with none has NaN ECE and Brier and
+    stays out of the macros.
     """
-    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets)
+    probabilities, targets = np.asarray(probabilities, dtype=np.float64), np.asarray(targets, dtype=np.float64)
     labels = {}
     for index, label in enumerate(LABELS):
-        column, scores = targets[:, index], probabilities[:, index]
+        column, scores = known_column(probabilities, targets, index)
         labels[label] = {
             "ece": expected_calibration_error(scores, column, n_bins),
-            "brier": float(brier_score_loss(column, scores, pos_label=1)),
+            "brier": float(brier_score_loss(column, scores, pos_label=1)) if column.size else math.nan,
             "positives": int(column.sum()),
             "n": int(column.size),
             "bins": reliability_bins(scores, column, n_bins),
@@ -117,10 +119,22 @@ def calibration_report(probabilities: np.ndarray, targets: np.ndarray, n_bins: i
     return {
         "binning": binning_rule(n_bins),
         "n_bins": n_bins,
-        "ece_macro": float(np.mean([labels[label]["ece"] for label in FINDINGS])),
-        "brier_macro": float(np.mean([labels[label]["brier"] for label in FINDINGS])),
+        "ece_macro": _finite_mean([labels[label]["ece"] for label in FINDINGS]),
+        "brier_macro": _finite_mean([labels[label]["brier"] for label in FINDINGS]),
         "labels": labels,
     }
+
+
+def known_column(values: np.ndarray, targets: np.ndarray, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(targets, values) of label ``index`` on the rows where its target is known (not NaN)."""
+    known = np.isfinite(targets[:, index])
+    return targets[known, index], values[known, index]
+
+
+def _finite_mean(values: list[float]) -> float:
+    """Mean over the labels that have a value (a label no image annotates has none)."""
+    finite = [value for value in values if np.isfinite(value)]
+    return float(np.mean(finite)) if finite else math.nan
 
 
 def plot_reliability(
@@ -146,8 +160,14 @@ def plot_reliability(
         series.append(("temperature-scaled", calibrated, "tab:orange"))
     centres = (np.arange(n_bins) + 0.5) / n_bins
     figure, axes = plt.subplots(3, 5, figsize=(20, 12.5))
+    targets = np.asarray(targets, dtype=np.float64)
     for index, (axis, label) in enumerate(zip(axes.flat, LABELS, strict=True)):
-        column = np.asarray(targets)[:, index]
+        known = np.isfinite(targets[:, index])
+        column = targets[known, index]
+        if not column.size:
+            axis.set_title(f"{label}\nnot annotated", fontsize=9)
+            axis.axis("off")
+            continue
         counts_axis = axis.twinx()
         counts_axis.set_yscale("log")
         counts_axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -158,7 +178,7 @@ def plot_reliability(
         axis.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
         title = [label]
         for offset, (name, values, colour) in enumerate(series):
-            scores = np.asarray(values)[:, index]
+            scores = np.asarray(values)[known, index]
             bins = reliability_bins(scores, column, n_bins)
             counts = np.array(bins["count"])
             filled = counts > 0
@@ -323,8 +343,10 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bias: bool = False)
     fitted = np.zeros(NUM_LABELS, dtype=bool)
     skipped = {}
     for index, label in enumerate(LABELS):
-        column, scores = targets[:, index], logits[:, index]
-        if column.min() == column.max():
+        column, scores = known_column(logits, targets, index)
+        if not column.size:
+            skipped[label] = "not annotated in the calibration split"
+        elif column.min() == column.max():
             skipped[label] = "one class in the calibration split"
         elif scores[column == 0].max() < scores[column == 1].min():
             skipped[label] = "the calibration split separates it perfectly: no finite temperature fits"
@@ -339,8 +361,8 @@ def fit_temperature(logits: np.ndarray, targets: np.ndarray, bias: bool = False)
         bias=offset,
         fitted=fitted,
         with_bias=bias,
-        nll_before=np.array([_bce(logits[:, i], targets[:, i]) for i in range(NUM_LABELS)]),
-        nll_after=np.array([_bce(after[:, i], targets[:, i]) for i in range(NUM_LABELS)]),
+        nll_before=np.array([_bce(*known_column(logits, targets, i)[::-1]) for i in range(NUM_LABELS)]),
+        nll_after=np.array([_bce(*known_column(after, targets, i)[::-1]) for i in range(NUM_LABELS)]),
         skipped=skipped,
     )
 

@@ -27,15 +27,15 @@ from sklearn.metrics import average_precision_score, roc_auc_score
 from ..constants import FINDINGS, LABELS, NO_FINDING, THRESHOLDS_KEY
 from ..inference import Classifier, Ensemble
 from ..markdown import format_ci, number, table
-from ..metrics import finite_or_none
+from ..metrics import NOT_ANNOTATED
 from ..modeling import timm_state_dict
 from ..onnx_model import OnnxModel
 from . import calibration
-from .bootstrap import bootstrap_report
+from .external import annotated_labels, dataset_sources, external_markdown, score_labels
 from .localization import localization_markdown as localization_table
 from .localization import localization_section
 from .subgroups import plot_subgroup_forest, subgroup_markdown, subgroup_report
-from .thresholds import THRESHOLD_RULE, THRESHOLDS_FILE, choose_thresholds, operating_points
+from .thresholds import THRESHOLD_RULE, THRESHOLDS_FILE, choose_thresholds
 
 # ---- the whole evaluation ----------------------------------------------------------------------------
 
@@ -77,7 +77,7 @@ def model_fingerprint(model) -> str:
 def evaluate_model(
     model,
     evaluated,
-    validation,
+    validation=None,
     n_bootstrap: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -90,42 +90,48 @@ def evaluate_model(
     bbox_csv: str = "?",
     tta: int = 1,
     ensemble: Sequence = (),
+    thresholds: dict[str, float] | None = None,
+    thresholds_rule: str | None = None,
 ) -> Evaluation:
     """Predict both splits (:class:`cxr_vit.inference.Classifier`), choose thresholds on ``validation``, report on
     ``evaluated``: discrimination, subgroups, calibration and, with ``boxes`` (:func:`cxr_vit.evaluation.localization.
     read_bbox_csv` of the file ``bbox_csv``), the localization of ``explainer``'s heatmaps
     (:func:`cxr_vit.evaluation.explainers.resolve_explainer`).
 
+    ``thresholds`` (with ``thresholds_rule``, how they were chosen) instead of ``validation``: use these, e.g. the
+    ones stored with the model, for a set from another source or for every image of a set
+    (:func:`.external.external_setting`). Labels the evaluated set does not annotate (NaN) have no AUC and the
+    reason (:func:`.external.score_labels`); the macro averages the findings it annotates (``macro_findings``).
+
     ``tta``: fixed views averaged per image; ``ensemble``: more models whose probabilities are averaged with
     ``model``'s (:class:`cxr_vit.inference.Ensemble`). Heatmaps and the calibration's before/after are
     ``model``'s own; the report records what was averaged.
     """
+    if (validation is None) == (thresholds is None):
+        raise ValueError("give either a validation split to choose thresholds on or the thresholds to use")
     classifier = Classifier(model, device=device, precision=precision, tta=tta)
     members = [classifier, *(Classifier(other, device=device, precision=precision, tta=tta) for other in ensemble)]
     predictor = Ensemble(members) if len(members) > 1 else classifier
-    val_probabilities, val_targets = predictor.predict_dataset(validation, batch_size, num_workers, "validation")
-    thresholds = choose_thresholds(val_probabilities, val_targets)
+    num_validation = None
+    if thresholds is None:
+        val_probabilities, val_targets = predictor.predict_dataset(validation, batch_size, num_workers, "validation")
+        thresholds, num_validation = choose_thresholds(val_probabilities, val_targets), len(val_targets)
     probabilities, targets = predictor.predict_dataset(evaluated, batch_size, num_workers, "evaluate")
     patients = np.asarray(evaluated["patient_id"])
-    boot = bootstrap_report(probabilities, targets, patients, n_bootstrap, seed, confidence)
-    points = operating_points(probabilities, targets, thresholds)
-    labels = {}
-    for i, label in enumerate(LABELS):
-        labels[label] = {
-            "positives": int(targets[:, i].sum()),
-            **boot["labels"][label],
-            "threshold": thresholds[label],
-            **{name: finite_or_none(value) for name, value in points[label].items()},
-        }
+    scored = score_labels(probabilities, targets, patients, thresholds, n_bootstrap, seed, confidence)
+    labels = scored["labels"]
     report = {
         "num_images": len(targets),
         "num_patients": len(np.unique(patients)),
-        "num_validation_images": len(val_targets),
-        "auc_macro": boot["auc_macro"],
+        "num_validation_images": num_validation,
+        "sources": dataset_sources(evaluated),
+        "auc_macro": scored["auc_macro"],
+        "macro_findings": scored["macro_findings"],
+        "annotated_labels": annotated_labels(labels),
         "no_finding": {"label": NO_FINDING, **labels[NO_FINDING]},
         "labels": labels,
         "thresholds": thresholds,
-        "threshold_rule": THRESHOLD_RULE,
+        "threshold_rule": thresholds_rule or THRESHOLD_RULE,
         "precision": classifier.runtime,
         "bootstrap": {"unit": "patient", "n_resamples": n_bootstrap, "seed": seed, "confidence": confidence},
         "model_fingerprint": model_fingerprint(model),
@@ -234,19 +240,34 @@ def report_markdown(report: dict) -> str:
     headers += ["Threshold", "Sens", "Spec", "PPV", "F1"]
 
     def row(label: str, entry: dict) -> list[str]:
+        if entry.get("reason") == NOT_ANNOTATED:
+            return [label, "-", f"n/a ({NOT_ANNOTATED})", "n/a", "0", f"{entry['threshold']:.3f}", *["n/a"] * 4]
         cells = [label, str(entry["positives"]), format_ci(entry["auc"]), format_ci(entry["auprc"])]
         cells += [str(entry["auc"]["n_resamples"]), f"{entry['threshold']:.3f}"]
         return cells + [number(entry[key]) for key in ("sensitivity", "specificity", "ppv", "f1")]
 
+    averaged = report.get("macro_findings", FINDINGS)
+    scope = "the 14 findings" if len(averaged) == len(FINDINGS) else (
+        f"the {len(averaged)} findings this set annotates with both classes (of {len(FINDINGS)})"
+    )  # fmt: skip
+    sources = report.get("sources") or []
+    not_annotated = [label for label, entry in report["labels"].items() if entry.get("reason") == NOT_ANNOTATED]
+
     lines = [
         "# Evaluation report",
         "",
-        f"Model `{report.get('model', '?')}` on split `{report.get('split', '?')}` of `{report.get('dataset', '?')}`: "
-        f"{report['num_images']} images of {report['num_patients']} patients.",
+        f"Model `{report.get('model', '?')}` on split `{report.get('split', '?')}` of `{report.get('dataset', '?')}`"
+        + (f" (source: {', '.join(sources)})" if sources else "")
+        + f": {report['num_images']} images of {report['num_patients']} patients.",
         "",
-        f"**Macro ROC-AUC over the 14 findings: {format_ci(macro)}** ({confidence} CI, percentile bootstrap over "
+        f"**Macro ROC-AUC over {scope}: {format_ci(macro)}** ({confidence} CI, percentile bootstrap over "
         f"patients, {macro['n_resamples']} of {boot['n_resamples']} resamples had both classes for every finding).",
         "",
+        *(
+            [f"Not annotated by this set (no AUC, not in the macro): {', '.join(not_annotated)}.", ""]
+            if not_annotated
+            else []
+        ),
         "## Findings",
         "",
         table(headers, [row(label, report["labels"][label]) for label in FINDINGS], aligned=True),
@@ -257,6 +278,7 @@ def report_markdown(report: dict) -> str:
         "",
         table(headers, [row(NO_FINDING, report["no_finding"])], aligned=True),
         "",
+        *(external_markdown(report["external_validation"]) if "external_validation" in report else []),
         *(calibration_markdown(report["calibration"], report.get("split", "?")) if "calibration" in report else []),
         *(subgroups_markdown(report["subgroups"]) if "subgroups" in report else []),
         *(localization_markdown(report["localization"]) if "localization" in report else []),
@@ -265,11 +287,18 @@ def report_markdown(report: dict) -> str:
         f"- Confidence intervals: {boot['n_resamples']} resamples of the patients with replacement (seed "
         f"{boot['seed']}), each metric on the pooled images of the drawn patients; `Resamples` counts those in "
         "which the label had both classes (the others have no AUC and are left out).",
-        f"- Thresholds: {report['threshold_rule']} (`{report.get('validation_split', 'validation')}`, "
-        f"{report['num_validation_images']} images); a label is positive when its probability is >= its "
-        "threshold. Sensitivity, specificity, PPV and F1 are measured on the evaluated split.",
-        "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives); "
-        "a label without an AUC is left out of the macro average.",
+        f"- Thresholds: {report['threshold_rule']}"
+        + (
+            f" (`{report.get('validation_split', 'validation')}`, {report['num_validation_images']} images)"
+            if report.get("num_validation_images") is not None
+            else ""
+        )
+        + "; a label is positive when its probability is >= its threshold. Sensitivity, specificity, PPV and F1 are "
+        "measured on the evaluated split.",
+        "- Labels in canonical NIH order; `n/a`: undefined on this split (one class, or no predicted positives; "
+        "`not annotated`: no image of the set has a known value for it); a label without an AUC is left out of the "
+        "macro average. Missing labels (a source that does not annotate a label, or an uncertain one) are skipped: "
+        "each label is scored over the images where it is known.",
         f"- Inference: timm's eval transform of the model, {report.get('precision', 'fp32')}; probabilities: "
         f"{report.get('averaged', {}).get('rule', 'one view of one model')}"
         + (f" ({', '.join(report['models'])})" if len(report.get("models") or []) > 1 else "")
@@ -394,8 +423,13 @@ def plot_curves(probabilities: np.ndarray, targets: np.ndarray, path: str | os.P
     if kind not in ("roc", "pr"):
         raise ValueError(f"kind must be 'roc' or 'pr', got {kind!r}")
     figure, axes = plt.subplots(3, 5, figsize=(20, 12.5))
+    targets = np.asarray(targets, dtype=np.float64)
     for index, (axis, label) in enumerate(zip(axes.flat, LABELS, strict=True)):
-        column, scores = targets[:, index], probabilities[:, index]
+        column, scores = calibration.known_column(probabilities, targets, index)
+        if not column.size:
+            axis.set_title(f"{label}\nnot annotated")
+            axis.text(0.5, 0.5, "not annotated\nin this set", ha="center", va="center", transform=axis.transAxes)
+            continue
         if column.min() == column.max():
             axis.set_title(f"{label}\n{'AUC' if kind == 'roc' else 'AP'} n/a (one class)")
             axis.text(0.5, 0.5, "only one class\nin this split", ha="center", va="center", transform=axis.transAxes)

@@ -172,7 +172,7 @@ def group_metrics(
     min_cases: int = MIN_CASES,
 ) -> dict:
     """Counts, AUCs with patient-bootstrap CIs, TPR/FPR and underdiagnosis of one group (its rows only)."""
-    targets = np.asarray(targets).astype(np.int64).reshape(-1, NUM_LABELS)
+    targets = np.asarray(targets, dtype=np.float64).reshape(-1, NUM_LABELS)  # NaN: missing, in no count
     probabilities = np.asarray(probabilities, dtype=np.float64).reshape(-1, NUM_LABELS)
     n_images = len(targets)
     evaluated = n_images >= min_images
@@ -183,20 +183,21 @@ def group_metrics(
         "evaluated": bool(evaluated),
         "note": note,
     }
-    positives = targets.sum(axis=0)
+    positives = (targets == 1).sum(axis=0)
+    known = np.isfinite(targets).sum(axis=0)
     predicted = probabilities >= thresholds
-    with_findings = targets[:, FINDING_IDS].any(axis=1)
+    with_findings = (targets[:, FINDING_IDS] == 1).any(axis=1)
     missed = called_no_finding(probabilities, thresholds) & with_findings
 
     labels = {}
     for index, label in enumerate(LABELS):
-        pos, neg = int(positives[index]), int(n_images - positives[index])
+        pos, neg = int(positives[index]), int(known[index] - positives[index])
         tp = int((predicted[:, index] & (targets[:, index] == 1)).sum())
         fp = int((predicted[:, index] & (targets[:, index] == 0)).sum())
         labels[label] = {
             "positives": pos,
             "negatives": neg,
-            "prevalence": pos / n_images if n_images else None,
+            "prevalence": pos / (pos + neg) if pos + neg else None,
             "tpr": _rate(tp, pos, min_cases, "positives", note),
             "fpr": _rate(fp, neg, min_cases, "negatives", note),
         }

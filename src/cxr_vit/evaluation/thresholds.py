@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
-from sklearn.metrics import multilabel_confusion_matrix, roc_curve
+from sklearn.metrics import confusion_matrix, roc_curve
 
 from ..atomic import write_json_atomic
 from ..constants import LABELS, THRESHOLDS_INFO_KEY, THRESHOLDS_KEY
@@ -27,17 +27,20 @@ FALLBACK_THRESHOLD = 0.5
 def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> dict[str, float]:
     """Per-label Youden's J threshold (predict positive when probability >= threshold).
 
-    Give this the *validation* predictions. A label with one class there has no ROC curve: it gets 0.5 and a
-    warning.
+    Give this the *validation* predictions. Each label is chosen over the rows where it is known (NaN: missing); a
+    label with one class there, or none known, has no ROC curve: it gets 0.5 and a warning.
     """
+    targets = np.asarray(targets, dtype=np.float64)
     thresholds = {}
     for index, label in enumerate(LABELS):
-        column = targets[:, index]
-        if column.min() == column.max():
-            logger.warning("%s has one class in the validation split: threshold %.1f", label, FALLBACK_THRESHOLD)
+        known = np.isfinite(targets[:, index])
+        column = targets[known, index]
+        if not column.size or column.min() == column.max():
+            why = "one class" if column.size else "no annotated image"
+            logger.warning("%s has %s in the validation split: threshold %.1f", label, why, FALLBACK_THRESHOLD)
             thresholds[label] = FALLBACK_THRESHOLD
             continue
-        fpr, tpr, cuts = roc_curve(column, probabilities[:, index])
+        fpr, tpr, cuts = roc_curve(column, probabilities[known, index])
         best = int(np.argmax((tpr - fpr)[1:])) + 1  # cuts[0] is +inf: "nothing positive" is no operating point
         thresholds[label] = float(cuts[best])
     return thresholds
@@ -46,11 +49,18 @@ def choose_thresholds(probabilities: np.ndarray, targets: np.ndarray) -> dict[st
 def operating_points(
     probabilities: np.ndarray, targets: np.ndarray, thresholds: dict[str, float]
 ) -> dict[str, dict[str, float]]:
-    """Sensitivity, specificity, PPV and F1 per label at ``thresholds`` (NaN where a ratio is 0/0)."""
-    cut = np.array([thresholds[label] for label in LABELS])
-    matrices = multilabel_confusion_matrix(targets, (probabilities >= cut).astype(int))
+    """Sensitivity, specificity, PPV and F1 per label at ``thresholds``, over the rows where the label is known (NaN
+    where a ratio is 0/0)."""
+    targets = np.asarray(targets, dtype=np.float64)
     results = {}
-    for label, ((tn, fp), (fn, tp)) in zip(LABELS, matrices, strict=True):
+    for index, label in enumerate(LABELS):
+        known = np.isfinite(targets[:, index])
+        called = (probabilities[known, index] >= thresholds[label]).astype(int)
+        (tn, fp), (fn, tp) = (
+            confusion_matrix(targets[known, index].astype(int), called, labels=[0, 1])
+            if known.any()
+            else np.zeros((2, 2))
+        )
         results[label] = {
             "sensitivity": _ratio(tp, tp + fn),
             "specificity": _ratio(tn, tn + fp),

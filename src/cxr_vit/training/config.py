@@ -5,6 +5,7 @@ Precedence: command-line flags > ``--config file.yaml`` > the defaults below.
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import os
@@ -26,13 +27,34 @@ from .throughput import DEFAULT_SKIP_STEPS
 logger = logging.getLogger(__name__)
 
 
+class RepeatedOption(argparse.Action):
+    """A list option that may be given several times (``--dataset_name A --dataset_name B``, or ``A B``): its first
+    use on the command line replaces the default or the ``--config`` value, later uses add to it."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        current = getattr(namespace, self.dest, None)
+        keep = [] if current is self.default or current is None else list(current)
+        setattr(namespace, self.dest, keep + list(values))
+
+
+DEFAULT_DATASET = "data/nih_mini_prepared"
+
+
 @dataclass
 class DataArguments:
-    """Which prepared dataset to train on (see ``scripts/prepare_data.py``)."""
+    """Which prepared dataset(s) to train on (see ``scripts/prepare_data.py``).
 
-    dataset_name: str = field(
-        default="data/nih_mini_prepared",
-        metadata={"help": "A folder written by scripts/prepare_data.py, or a Hub dataset id."},
+    Several ``dataset_name`` (repeated): train on the union of their splits, with the loss skipping the labels a
+    source does not annotate, and validate on each source and on the pooled validation splits.
+    """
+
+    dataset_name: list[str] = field(
+        default_factory=lambda: [DEFAULT_DATASET],
+        metadata={
+            "help": "A folder written by scripts/prepare_data.py, or a Hub dataset id; repeat it (--dataset_name A "
+            "--dataset_name B) to train on the union of several sources.",
+            "action": RepeatedOption,
+        },
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config, if any."})
     train_split: str = field(default="train")
@@ -79,8 +101,18 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        if isinstance(self.dataset_name, (str, os.PathLike)):  # one name, from Python or a --config file
+            self.dataset_name = [str(self.dataset_name)]
+        self.dataset_name = [str(name) for name in self.dataset_name]
+        if not self.dataset_name:
+            raise ValueError("--dataset_name: give at least one dataset")
         if (self.images_dir is None) != (self.labels_csv is None):
             raise ValueError("give both --images_dir and --labels_csv (to prepare the dataset), or neither")
+        if self.images_dir is not None and len(self.dataset_name) > 1:
+            raise ValueError(
+                "--images_dir prepares one dataset: prepare each source with scripts/prepare_data.py, then give the "
+                "prepared folders as --dataset_name"
+            )
         if self.eval_split in ("", "none", "None"):
             self.eval_split = None
         if self.test_split in ("", "none", "None"):

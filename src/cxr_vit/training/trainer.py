@@ -2,7 +2,8 @@
 
 - ``_prepare_inputs`` (the input hook): uint8 image batches become model inputs on the training device
   (augmented while training, the eval crop otherwise; :class:`BatchImageTransform`).
-- ``compute_loss``: the BCE-with-logits loss, optionally weighted per label (``pos_weight``).
+- ``compute_loss``: the BCE-with-logits loss, optionally weighted per label (``pos_weight``), over the known labels
+  only: a NaN target (a label the image's source does not annotate) adds nothing (:func:`masked_bce_with_logits`).
 - ``prediction_step``: evaluation through :func:`cxr_vit.inference.forward_logits`, the forward that
   ``scripts/evaluate.py``, ``scripts/predict.py`` and the demo use, so every reported metric comes from one path.
 - ``__init__`` / ``train``: ``--finetune`` freezes or adapts the model (:mod:`cxr_vit.training.finetune`); LoRA
@@ -11,7 +12,9 @@
 - ``create_optimizer``: timm's parameter groups (:mod:`cxr_vit.training.optim`): no weight decay on biases,
   norms, position embeddings and class tokens, and optional layer-wise learning-rate decay.
 - ``evaluate`` / ``_save`` / ``_load_from_checkpoint`` / ``_load_best_model``: the optional weights' EMA is
-  evaluated, checkpointed beside the raw weights, restored on resume and kept as the best model.
+  evaluated, checkpointed beside the raw weights, restored on resume and kept as the best model. With several
+  training sources (``eval_sources``), each validation also scores every source's own split (``eval_<source>_*``)
+  beside the pooled one (``eval_*``, which picks the best model).
 - ``save_model``: under FSDP the final model is gathered into one safetensors file (checkpoints stay sharded).
 - callbacks: the non-finite-loss stop, the steady throughput, the opt-in train metrics, the EMA
   (:mod:`cxr_vit.training.callbacks`, :mod:`cxr_vit.training.throughput`).
@@ -25,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from transformers import Trainer
 from transformers.modeling_outputs import ImageClassifierOutput
@@ -33,6 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.gpu_augment import BatchImageTransform
 from ..inference import forward_logits
+from ..metrics import masked_bce_with_logits
 from ..modeling import timm_state_dict
 from .callbacks import EMA_WEIGHTS_NAME, NonFiniteLossWatch, TrainMetrics, WeightEma
 from .finetune import apply_finetune, merge_lora, parse_finetune
@@ -46,11 +49,12 @@ def positive_weights(labels: np.ndarray, max_weight: float = 100.0) -> torch.Ten
     """Per-label negative/positive ratio of a multi-hot matrix, for ``BCEWithLogits(pos_weight=...)``.
 
     A label without positives gets weight 1 (nothing to up-weight); the ratio is capped at ``max_weight``
-    so a label with a handful of positives cannot dominate the loss.
+    so a label with a handful of positives cannot dominate the loss. Missing (NaN) entries are not counted.
     """
     labels = np.asarray(labels, dtype=np.float64)
-    positives = labels.sum(axis=0)
-    negatives = len(labels) - positives
+    known = np.isfinite(labels)
+    positives = np.where(known, labels, 0.0).sum(axis=0)
+    negatives = known.sum(axis=0) - positives
     ratio = np.divide(negatives, positives, out=np.ones_like(positives), where=positives > 0)
     return torch.tensor(np.clip(ratio, 1.0, max_weight), dtype=torch.float32)
 
@@ -65,6 +69,8 @@ class MultiLabelTrainer(Trainer):
         batch_transform: turns uint8 image batches into model inputs on the training device. Float batches
             pass unchanged.
         train_metrics: log ``epoch_auc_macro``, the macro AUC over each epoch's training batches.
+        eval_sources: ``{source: its validation dataset}`` when training on several sources: the pooled
+            ``eval_dataset`` is scored as ``eval_*``, and each of these as ``eval_<source>_*`` in the same evaluation.
         *args, **kwargs: passed to :class:`transformers.Trainer`.
 
     ``self.throughput.metrics()`` gives the training steps' own images/s (:class:`ThroughputMeter`). A
@@ -78,9 +84,11 @@ class MultiLabelTrainer(Trainer):
         pos_weight: torch.Tensor | None = None,
         batch_transform: BatchImageTransform | None = None,
         train_metrics: bool = False,
+        eval_sources: dict | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
+        self.eval_sources = dict(eval_sources or {})
         self.pos_weight = pos_weight
         self.batch_transform = batch_transform
         self.loss_watch = NonFiniteLossWatch(self.accelerator.gather)
@@ -139,7 +147,7 @@ class MultiLabelTrainer(Trainer):
         # Moved once: a CPU -> GPU copy per step would block the host until the GPU catches up.
         if self.pos_weight is not None and self.pos_weight.device != logits.device:
             self.pos_weight = self.pos_weight.to(logits.device)
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), pos_weight=self.pos_weight)
+        return masked_bce_with_logits(logits, labels.to(logits.dtype), self.pos_weight)
 
     def head_logits(self, model, features: torch.Tensor) -> torch.Tensor:
         """The classifier alone on cached pooled features (``--finetune linear``)."""
@@ -182,7 +190,14 @@ class MultiLabelTrainer(Trainer):
     # ---- the weights' EMA ------------------------------------------------------------------------------
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """Evaluate the raw weights, or during training with ``--ema_decay`` the EMA (``--ema_eval``)."""
+        """Evaluate the raw weights, or during training with ``--ema_decay`` the EMA (``--ema_eval``); the validation
+        (no ``eval_dataset``) of a run on several sources also scores each source apart (``eval_<source>_*``)."""
+        metrics = self._evaluate_weights(eval_dataset, ignore_keys, metric_key_prefix)
+        for source, dataset in (self.eval_sources if eval_dataset is None else {}).items():
+            metrics.update(self._evaluate_weights(dataset, ignore_keys, f"{metric_key_prefix}_{source}"))
+        return metrics
+
+    def _evaluate_weights(self, eval_dataset, ignore_keys, metric_key_prefix: str) -> dict[str, float]:
         mode = getattr(self.args, "ema_eval", "raw")
         if self.ema is None or not self.ema.active or mode == "raw":
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
