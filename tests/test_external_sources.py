@@ -22,8 +22,9 @@ from external_fixtures import (
 from test_scripts import run
 
 from cxr_vit.constants import LABEL2ID, LABELS
-from cxr_vit.data.sources import SourceOptions, read_source
+from cxr_vit.data.sources import RELEASE_NAMES, SourceOptions, read_source
 from cxr_vit.label_map import APPROXIMATE, LABEL_MAP, LabelMapper, annotated_labels, markdown_table, used_targets
+from cxr_vit.public_names import dataset_reference
 
 # ---- the label map -------------------------------------------------------------------------------------------------
 
@@ -159,6 +160,8 @@ def test_prepare_data_reads_each_release_in_its_native_layout(tmp_path, capsys, 
         assert record["options"]["readers"] == "majority" and record["counts"]["max_readers_per_image"] == 3
     patients = {split: set(prepared[split]["patient_id"]) for split in prepared}
     assert not patients["train"] & patients["validation"]  # the carve-out is patient-wise
+    # what published files (cards, reports) call the folder: its release, never its path
+    assert dataset_reference(str(out)).name.startswith(f"{RELEASE_NAMES[source]}, prepared locally (split seed ")
     code, stdout, _ = prepare([*fixture["args"], "--output_dir", out], capsys)
     assert code == 0 and "is up to date" in stdout  # prepare.json matches: reused, not rebuilt
     code, _, stderr = prepare([*fixture["args"], "--output_dir", out, "--approximate_labels"], capsys)

@@ -3,8 +3,8 @@ models they describe: never by a local path, which would publish the user's dire
 
 Data is named by its Hub id when it has one: the dataset given was a Hub id, the prepared folder records the repo
 it was pushed to (``prepare.json``, written by :func:`cxr_vit.hub.push_dataset`), or the id is given outright
-(``push_to_hub.py --dataset_repo``). Otherwise it is "NIH ChestX-ray14, prepared locally" with the split seed and
-the images per split. A local model is named by its folder's name, a Hub model by its id. Local paths stay in
+(``push_to_hub.py --dataset_repo``). Otherwise it is "<release>, prepared locally" (NIH ChestX-ray14, CheXpert, ...,
+from ``prepare.json``'s ``source``) with the split seed and the images per split. A local model is named by its folder's name, a Hub model by its id. Local paths stay in
 what is not uploaded unless asked: the console, the run's logs and ``run_args.yaml``.
 """
 
@@ -28,7 +28,8 @@ __all__ = [
     "model_reference",
 ]
 
-LOCAL_DATASET = "NIH ChestX-ray14, prepared locally"
+LOCAL_SUFFIX = ", prepared locally"
+LOCAL_DATASET = "NIH ChestX-ray14" + LOCAL_SUFFIX
 HUB_CACHE_PREFIX = "models--"  # huggingface_hub's cache: <cache>/models--<owner>--<name>/snapshots/<rev>/<file>
 
 
@@ -43,6 +44,7 @@ class DatasetReference:
     hub_id: str | None = None
     split_seed: int | None = None
     splits: dict[str, int] | None = None
+    release: str = "NIH ChestX-ray14"  # the public release a local folder was prepared from
 
     @property
     def name(self) -> str:
@@ -51,10 +53,11 @@ class DatasetReference:
         details = [f"split seed {self.split_seed}"] if self.split_seed is not None else []
         if self.splits:
             details.append(", ".join(f"{split} {count:,}" for split, count in self.splits.items()) + " images")
-        return LOCAL_DATASET + (f" ({'; '.join(details)})" if details else "")
+        return self.release + LOCAL_SUFFIX + (f" ({'; '.join(details)})" if details else "")
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "hub_id": self.hub_id, "split_seed": self.split_seed, "splits": self.splits}
+        fields = {"name": self.name, "hub_id": self.hub_id, "split_seed": self.split_seed, "splits": self.splits}
+        return fields | {"release": self.release}
 
 
 def is_hub_id(name: str) -> bool:
@@ -82,6 +85,7 @@ def dataset_reference(
     run). ``prepared_locally``: the run made the folder itself, so a name that no longer exists is still no Hub id.
     """
     from .data.provenance import read_record  # here: cxr_vit.data's package imports the cards, which import us
+    from .data.sources import RELEASE_NAMES
 
     if hub_id:
         return DatasetReference(hub_id=hub_id)
@@ -92,7 +96,8 @@ def dataset_reference(
         if (record.get("hub") or {}).get("repo_id"):
             return DatasetReference(hub_id=record["hub"]["repo_id"])
         seed = record["parameters"].get("split_seed")
-        return DatasetReference(split_seed=seed, splits=record.get("splits") or splits)
+        release = RELEASE_NAMES.get(record.get("source", "nih"), record.get("source"))
+        return DatasetReference(split_seed=seed, splits=record.get("splits") or splits, release=release)
     if dataset_name and not prepared_locally and is_hub_id(dataset_name):
         return DatasetReference(hub_id=dataset_name)
     return DatasetReference(split_seed=split_seed, splits=splits)
