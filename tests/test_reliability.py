@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import MINI_IMAGES, REPO
 from PIL import Image
 from safetensors.torch import save_file
@@ -26,6 +27,7 @@ from cxr_vit.training.checkpoints import (
 )
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+QUICKSTART = REPO / "configs" / "quickstart.yaml"
 
 
 def fake_checkpoint(root: Path, step: int) -> Path:
@@ -82,10 +84,10 @@ def test_non_finite_loss_is_found_between_saves_within_the_check_interval(tmp_pa
         trainer.train()
 
 
-def train_command(output_dir: Path, dataset_dir: Path, *extra: str) -> list[str]:
+def train_command(output_dir: Path, dataset_dir: Path, *extra: str, config: Path = QUICKSTART) -> list[str]:
     # With the weights' EMA: a resume must restore it too, or the final (EMA) model would differ.
     return [
-        sys.executable, "scripts/train.py", "--config", "configs/quickstart.yaml", "--dataset_name", str(dataset_dir),
+        sys.executable, "scripts/train.py", "--config", str(config), "--dataset_name", str(dataset_dir),
         "--output_dir", str(output_dir), "--num_train_epochs", "3", "--report_to", "none", "--save_total_limit", "5",
         "--ema_decay", "0.99", *extra,
     ]  # fmt: skip
@@ -93,18 +95,23 @@ def train_command(output_dir: Path, dataset_dir: Path, *extra: str) -> list[str]
 
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared_mini):
+    # The quickstart run with 2 of ViT-Tiny's 12 blocks: resuming does not depend on the depth; a sixth of the CPU.
+    config = tmp_path / "quickstart-2-blocks.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(QUICKSTART.read_text()), "model_kwargs": {"depth": 2}}))
     reference = tmp_path / "reference"
-    result = subprocess.run(train_command(reference, prepared_mini), cwd=REPO, env=ENV, capture_output=True, text=True)
+    result = subprocess.run(train_command(reference, prepared_mini, config=config), cwd=REPO, env=ENV,
+                            capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(train_command(killed, prepared_mini), cwd=REPO, env=ENV,
+    process = subprocess.Popen(train_command(killed, prepared_mini, config=config), cwd=REPO, env=ENV,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     first = killed / "checkpoint-24"  # end of epoch 1 (24 steps of 32 images)
     deadline = time.monotonic() + 300
     while not (first / "trainer_state.json").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    time.sleep(2.0)  # well into epoch 2
+    epoch_s = json.loads((reference / "train_results.json").read_text())["train_runtime"] / 3
+    time.sleep(epoch_s / 3)  # into epoch 2, on a fast machine as on a loaded one
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert not (killed / "checkpoint-48").exists(), "the kill must land mid-epoch 2"
@@ -112,7 +119,7 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(tmp_path, prepared_mi
     fake.mkdir()
     (fake / "model.safetensors").write_bytes(b"\x00" * 10)
 
-    result = subprocess.run(train_command(killed, prepared_mini, "--resume_from_checkpoint", "auto"),
+    result = subprocess.run(train_command(killed, prepared_mini, "--resume_from_checkpoint", "auto", config=config),
                             cwd=REPO, env=ENV, capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "skipping incomplete checkpoint" in result.stderr and "checkpoint-30" in result.stderr
