@@ -4,8 +4,9 @@ models they describe: never by a local path, which would publish the user's dire
 Data is named by its Hub id when it has one: the dataset given was a Hub id, the prepared folder records the repo
 it was pushed to (``prepare.json``, written by :func:`cxr_vit.hub.push_dataset`), or the id is given outright
 (``push_to_hub.py --dataset_repo``). Otherwise it is "<release>, prepared locally" (NIH ChestX-ray14, CheXpert, ...,
-from ``prepare.json``'s ``source``) with the split seed and the images per split. A local model is named by its folder's name, a Hub model by its id. Local paths stay in
-what is not uploaded unless asked: the console, the run's logs and ``run_args.yaml``.
+from ``prepare.json``'s ``source``) with the split seed and the images per split. A local model is named by its
+folder's name, a Hub model by its id. Local paths stay in what is not uploaded unless asked: the console, the run's
+logs and ``run_args.yaml``.
 """
 
 from __future__ import annotations
