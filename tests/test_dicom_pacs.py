@@ -187,3 +187,30 @@ def test_dicomweb_client_predicts_orthancs_films_and_stores_results(orthanc, mod
     assert script.main([*arguments, "--study", *studies, "--resume"]) == 0
     assert len(pd.read_csv(csv)) == len(films)
     assert len(stored_reports(client, films)) == len(before) + len(films)
+
+
+def test_the_node_sends_its_results_by_stow_rs(orthanc, model_dir, films, expected, tmp_path):
+    model = shutil.copytree(model_dir, tmp_path / "stow-model")  # another name: results of their own
+    client = dicomweb_client(orthanc["dicomweb"], USER, PASSWORD)
+    before = {sr.SOPInstanceUID for sr in stored_reports(client, films)}
+    overlays_before = count_overlays(client, films)
+    arguments = [
+        "--model", str(model), "--port", "0", "--ae_title", "CXR_VIT", "--allowed_ae", "STORESCU",
+        "--dicomweb", orthanc["dicomweb"], "--dicomweb_user", USER, "--dicomweb_password", PASSWORD,
+        "--output_dir", str(tmp_path / "queue"), "--device", "cpu", "--batch_wait", "0.2",
+    ]  # fmt: skip
+    process, port = start_node_process(arguments, tmp_path / "node.log")
+
+    def new_reports() -> list[pydicom.Dataset]:
+        return [sr for sr in stored_reports(client, films) if sr.SOPInstanceUID not in before]
+
+    try:
+        storescu(port, "CXR_VIT", films)
+        wait_until(lambda: len(new_reports()) == len(films), 120, "Orthanc to hold the SRs sent by STOW-RS")
+    finally:
+        process.terminate()
+        assert process.wait(timeout=60) == 0
+    for sr in new_reports():
+        probabilities = sr_probabilities(sr)
+        np.testing.assert_allclose([probabilities[label] for label in LABELS], expected[referenced_film(sr)], atol=1e-4)
+    assert count_overlays(client, films) == overlays_before + len(films)
