@@ -23,8 +23,8 @@ import sys
 import threading
 
 from cxr_vit.cli import add_backend_argument, add_runtime_arguments, check_runtime_arguments
-from cxr_vit.dicom.films import algorithm_info
-from cxr_vit.prediction import ModelLoadError, Predictor
+from cxr_vit.dicom.films import predictor_for_results
+from cxr_vit.prediction import ModelLoadError
 
 try:
     from cxr_vit.dicom.node import DicomNode, quiet_library_logs
@@ -66,14 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             destination = StowDestination(args.dicomweb, args.dicomweb_user, dicomweb_password(args.dicomweb_password))
         else:
             destination = CStoreDestination.parse(args.destination, calling_ae_title=args.ae_title)
-        predictor = Predictor.from_pretrained(
-            args.model,
-            device=args.device,
-            precision=args.precision,
-            thresholds_file=args.thresholds,
-            backend=args.backend,
-        )
-        algorithm = algorithm_info(predictor, args.model, args.thresholds)
+        predictor, algorithm = predictor_for_results(args)
         node = DicomNode(
             predictor,
             algorithm,

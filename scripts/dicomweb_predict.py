@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from cxr_vit.cli import add_backend_argument, add_runtime_arguments, check_runtime_arguments
-from cxr_vit.dicom.films import algorithm_info
-from cxr_vit.prediction import ModelLoadError, Predictor
+from cxr_vit.dicom.films import predictor_for_results
+from cxr_vit.prediction import ModelLoadError
 
 try:
     from requests import RequestException
@@ -58,13 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     password = dicomweb_password(args.password)
     try:
         query = parse_query(args.query)
-        predictor = Predictor.from_pretrained(
-            args.model,
-            device=args.device,
-            precision=args.precision,
-            thresholds_file=args.thresholds,
-            backend=args.backend,
-        )
+        predictor, algorithm = predictor_for_results(args)
     except (ModelLoadError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -75,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             args.url,
             films,
             predictor,
-            algorithm_info(predictor, args.model, args.thresholds),
+            algorithm,
             args.output,
             args.output_dir or Path(f"{args.output}.dicomweb"),
             username=args.user,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 from pathlib import Path
@@ -26,6 +27,15 @@ def algorithm_info(
     members = len(predictor.ensemble.members) if predictor.ensemble is not None else 1
     name = f"{info.name} (+{members - 1} in ensemble)" if members > 1 else info.name
     return dataclasses.replace(info, name=name, computed_in=f"{predictor.runtime} on {predictor.device}")
+
+
+def predictor_for_results(args: argparse.Namespace) -> tuple[Predictor, AlgorithmInfo]:
+    """The DICOM scripts' predictor (``--model``, ``--thresholds``, ``--backend``, ``--device``, ``--precision``)
+    and the identification its results carry."""
+    predictor = Predictor.from_pretrained(
+        args.model, device=args.device, precision=args.precision, thresholds_file=args.thresholds, backend=args.backend
+    )
+    return predictor, algorithm_info(predictor, args.model, args.thresholds)
 
 
 def write_film_results(
