@@ -20,6 +20,8 @@ from cxr_vit.constants import LABELS
 XRAY = TEST_DATA / "00000011_000.png"
 ARTIFACTS_ENV = "CXR_VIT_ARTIFACTS_DIR"
 
+pytestmark = pytest.mark.no_hf_floor
+
 app = load_script(REPO / "app.py")
 
 

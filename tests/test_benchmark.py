@@ -17,6 +17,8 @@ from cxr_vit.benchmarks.cpu_pipeline import interleaved_rates
 from cxr_vit.benchmarks.gpu import GPU_KEYS
 from cxr_vit.benchmarks.synthetic import synthetic_xray
 
+pytestmark = pytest.mark.no_hf_floor
+
 TINY = [
     "--num_images", "24", "--synthetic_size", "128", "--prepare_image_size", "64", "--image_size", "32",
     "--model_name", "vit_tiny_patch16_224", "--cpu_seconds", "0.3", "--cpu_batch_size", "8",

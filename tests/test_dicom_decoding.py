@@ -23,6 +23,8 @@ from xray_files import write_dicom
 
 from cxr_vit.data.images import read_xray
 
+pytestmark = pytest.mark.no_hf_floor
+
 XRAY = Path(__file__).resolve().parent / "data" / "00000011_000.png"
 DEBIAN_PACKAGE = {"dcmcjpeg": "dcmtk", "dcmcjpls": "dcmtk", "dcmcrle": "dcmtk", "dcmconv": "dcmtk"}
 DEBIAN_PACKAGE["gdcmconv"] = "libgdcm-tools"

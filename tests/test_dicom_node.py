@@ -31,7 +31,7 @@ from cxr_vit.dicom.node import DicomNode
 from cxr_vit.dicom.sending import CStoreDestination
 from cxr_vit.prediction import Predictor, read_image
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+pytestmark = [pytest.mark.no_hf_floor, pytest.mark.filterwarnings("ignore::UserWarning")]
 
 
 @pytest.fixture

@@ -35,6 +35,7 @@ USER, PASSWORD = "cxr", "not-a-secret"
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage: the overlay
 
 pytestmark = [
+    pytest.mark.no_hf_floor,
     pytest.mark.skipif(
         not (Path(ORTHANC).is_file() and DICOMWEB_PLUGIN.is_file() and shutil.which("storescu")),
         reason="needs Debian's orthanc, orthanc-dicomweb and dcmtk (apt-get install orthanc orthanc-dicomweb dcmtk)",

@@ -30,6 +30,8 @@ from cxr_vit.dicom import FINDING_CODES, AlgorithmInfo, algorithm_info, build_re
 from cxr_vit.dicom.codes import ABSENT, PRESENT, PROBABILITY
 from cxr_vit.prediction import Predictor
 
+pytestmark = pytest.mark.no_hf_floor
+
 XRAY = Path(__file__).resolve().parent / "data" / "00000011_000.png"
 LABEL_OF_CODE = {(code.value, code.scheme_designator): label for label, code in FINDING_CODES.items()}
 PATIENT = {"PatientName": "Doe^Jane", "PatientID": "P-0042", "PatientBirthDate": "19700101", "PatientSex": "F"}

@@ -162,12 +162,6 @@ def test_int8_onnx_dynamic_and_static_change_the_macro_auc_by_at_most_0_005(lear
     assert abs(headline["int8_static"] - headline["fp32"]) <= 0.005, headline
 
 
-def test_the_datasets_pipeline_learns_as_well(tmp_path):
-    aucs = split_aucs(prepare_and_train(tmp_path, "datasets"))
-    assert min(aucs[label] for label in FINDINGS) >= FINDING_FLOOR, aucs
-    assert np.mean([aucs[label] for label in FINDINGS]) >= MACRO_FLOOR, aucs
-
-
 def test_shuffled_labels_learn_nothing(tmp_path):
     """The same films with the label column shuffled: a chain that learned anything else would fail here."""
     aucs = split_aucs(prepare_and_train(tmp_path, "cache", shuffle_labels=True))
@@ -175,16 +169,19 @@ def test_shuffled_labels_learn_nothing(tmp_path):
     assert 0.4 <= macro <= 0.6, aucs
 
 
-def test_training_learns_through_another_publishers_layout(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def other_layout(tmp_path_factory) -> tuple[Path, int]:
     """ChestX-ray14 as alkzar90/NIH-Chest-X-ray-dataset publishes it, served by the loopback Hub: labels as a
     Sequence(ClassLabel) with "No Finding" first, train and test splits only, patients only in the file names.
-    train.py maps the labels by name, carves validation out of train by patient, and learns the planted signal."""
+    Trained through ``--input_pipeline datasets``: one training serves the layout's test and the pipeline's (the
+    pipeline sees the same uint8 squares whichever layout they came from). Returns (output folder, test rows)."""
     from hub_server import HubServer, point_hf_clients_at
 
     from cxr_vit.constants import NO_FINDING
     from cxr_vit.data import read_labels_csv
 
-    images, csv = write_planted_nih(MINI_IMAGES, MINI_KAGGLE_CSV, tmp_path / "planted")
+    root = tmp_path_factory.mktemp("other-layout")
+    images, csv = write_planted_nih(MINI_IMAGES, MINI_KAGGLE_CSV, root / "planted")
     frame = read_labels_csv(csv)
     order = [NO_FINDING, *FINDINGS]
     features = datasets.Features(
@@ -195,16 +192,29 @@ def test_training_learns_through_another_publishers_layout(tmp_path, monkeypatch
         columns = {"image": [str(images / name) for name in rows.image_id],
                    "labels": [[order.index(name) for name in names] for names in rows.findings]}  # fmt: skip
         published[split] = datasets.Dataset.from_dict(columns, features=features)
-    with HubServer(tmp_path / "hub") as hub:
-        point_hf_clients_at(hub.endpoint, monkeypatch, token=hub.token, cache_dir=tmp_path / "hf-home")
+    with HubServer(root / "hub") as hub, pytest.MonkeyPatch.context() as monkeypatch:
+        point_hf_clients_at(hub.endpoint, monkeypatch, token=hub.token, cache_dir=root / "hf-home")
         datasets.DatasetDict(published).push_to_hub("test-user/nih-other-layout")
-        config = tmp_path / "recipe.yaml"
-        config.write_text(yaml.safe_dump(RECIPE))
-        output = tmp_path / "run"
+        config = root / "recipe.yaml"
+        config.write_text(yaml.safe_dump({**RECIPE, "input_pipeline": "datasets"}))
+        output = root / "run"
         run("scripts/train.py", "--config", str(config), "--dataset_name", "test-user/nih-other-layout",
             "--output_dir", str(output))  # fmt: skip
+    return output, len(published["test"])
+
+
+def test_the_datasets_pipeline_learns_as_well(other_layout):
+    aucs = split_aucs(other_layout[0])
+    assert min(aucs[label] for label in FINDINGS) >= FINDING_FLOOR, aucs
+    assert np.mean([aucs[label] for label in FINDINGS]) >= MACRO_FLOOR, aucs
+
+
+def test_training_learns_through_another_publishers_layout(other_layout):
+    """train.py maps the labels by name, carves validation out of train by patient, and learns the planted
+    signal."""
+    output, test_rows = other_layout
     aucs = split_aucs(output)
-    assert json.loads((output / "test_results.json").read_text())["test_samples"] == len(published["test"])
+    assert json.loads((output / "test_results.json").read_text())["test_samples"] == test_rows
     assert np.mean([aucs[label] for label in FINDINGS]) >= MACRO_FLOOR, aucs
 
 

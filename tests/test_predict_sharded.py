@@ -9,10 +9,13 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 from conftest import MINI_IMAGES, REPO
 from inference_helpers import load_script
 
 from cxr_vit.constants import LABELS
+
+pytestmark = pytest.mark.no_hf_floor
 
 
 def test_torchrun_shards_files_and_merges_one_csv_equal_to_a_single_process(model_dir, tmp_path):
