@@ -204,6 +204,8 @@ def other_layout(tmp_path_factory) -> tuple[Path, int]:
 
 
 def test_the_datasets_pipeline_learns_as_well(other_layout):
+    run_args = yaml.safe_load((other_layout[0] / "run_args.yaml").read_text())
+    assert run_args["CXRTrainingArguments"]["input_pipeline"] == "datasets"  # the run this test is about
     aucs = split_aucs(other_layout[0])
     assert min(aucs[label] for label in FINDINGS) >= FINDING_FLOOR, aucs
     assert np.mean([aucs[label] for label in FINDINGS]) >= MACRO_FLOOR, aucs
