@@ -171,13 +171,18 @@ def test_inference_benchmark_tiny(tmp_path):
     args = InferenceBenchmarkArguments(inference=True, inference_batch_sizes="1,4", inference_seconds=0.2,
                                        inference_rounds=1, inference_compile=False, inference_e2e_images=4)  # fmt: skip
     results = run_inference_benchmark(bench, args)
-    backends = {"eager", "eager_bf16", "ort_fp32", "ort_int8", "ort_int8_static"}
+    backends = {"eager", "eager_bf16", "ort_fp32", "ort_int8", "ort_int8_static", "inductor_int8", "inductor_int8_bf16"}
     assert set(results["throughput"]) == {1, 4} and set(results["throughput"][4]) == backends
     assert all(rate > 0 for rates in results["throughput"].values() for rate in rates.values())
     assert results["exports"]["ort_fp32"]["fp32_check"]["max_abs_logit_diff"] <= 1e-4
     assert results["exports"]["ort_int8_static"]["calibration"]["dataset"].startswith("seeded normal noise")
-    assert {"ort_fp32", "ort_int8", "ort_int8_static", "eager"} == set(results["profile"]["share_of_time"])
-    assert results["end_to_end"]["images"] == 4 and results["end_to_end"]["ort_int8_static_img_per_s"] > 0
+    assert results["exports"]["inductor"]["quantize"] == "int8_static"
+    assert set(results["compile_seconds"]) == {"inductor_int8", "inductor_int8_bf16"}
+    assert set(results["profile"]["share_of_time"]) == backends - {"eager_bf16"}
+    # the profile of the int8 program names oneDNN's quantized linear, so what runs is really int8
+    assert any("qlinear" in op for op in results["profile"]["share_of_time"]["inductor_int8"]), results["profile"]
+    assert results["end_to_end"]["images"] == 4
+    assert all(results["end_to_end"][f"{name}_img_per_s"] > 0 for name in ("ort_int8_static", "inductor_int8_bf16"))
     # ViT-Ti/16 at 32 px: 4 patches + the class token, 12 blocks of 0.44 M multiply-adds a token: ~0.053 GFLOP
     assert 0.05 < results["gflop_per_image"] < 0.06
     assert {"fp32", "bf16", "int8"} == set(results["peaks"])
