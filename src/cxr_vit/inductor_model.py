@@ -8,7 +8,7 @@ computes bf16 natively (:func:`cxr_vit.inference.native_bf16`), ``--precision au
 floating point (LayerNorm, GELU, softmax, attention) in bf16: int8-mixed-bf16; ``--precision fp32`` keeps it fp32.
 
 The program is portable (plain ATen and quantize/dequantize ops); what runs is compiled on the machine that runs
-it, at the first batch (about a minute for ViT-B/16 on two cores; Inductor's cache makes later starts quick).
+it, at the first batch (under half a minute for ViT-B/16 on two cores; Inductor's cache makes later starts quick).
 The lowering to int8 GEMMs is torchao's: its Inductor passes are registered when its x86 quantizer module is
 imported, and without them Inductor would compile the program as dequantize + fp32 GEMMs, a silent fp32 model.
 So this backend needs torchao (the ``deploy`` extra) as the export does. Heatmaps need gradients, which a frozen

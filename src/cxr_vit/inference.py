@@ -99,7 +99,7 @@ class Classifier:
     Args:
         model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels), or an export of it
             that runs on the CPU (:data:`EXPORTED_MODELS`: ONNX, inductor int8).
-        device: where to run; default CUDA when available (the CPU for an ONNX model).
+        device: where to run; default CUDA when available (the CPU for an export).
         precision: ``auto`` (bf16 autocast where the device has it natively: :func:`native_bf16`; else fp32),
             ``fp32`` or ``bf16`` (an ONNX model computes what its graph holds: ``auto`` or ``fp32``; an inductor
             int8 model runs its float ops, everything but the int8 GEMMs, in this precision). What it
