@@ -81,6 +81,9 @@ class InferenceBenchmarkArguments:
     inference_rounds: int = field(default=3, metadata={"help": "Interleaved rounds; each backend keeps its best."})
     inference_threads: int = field(default=0, metadata={"help": "Threads of both runtimes (0: every core)."})
     inference_compile: bool = field(default=True, metadata={"help": "Also time torch.compile."})
+    inference_inductor: bool = field(
+        default=True, metadata={"help": "Also export and time Inductor's static int8 (compiled once per precision)."}
+    )
     inference_e2e_images: int = field(default=64, metadata={"help": "1024 px PNGs predicted end to end (0: skip)."})
     inference_workers: int = field(default=1, metadata={"help": "Decoding processes of the end-to-end runs."})
     inference_profile: bool = field(default=True, metadata={"help": "Per-op profiles at the largest batch."})
@@ -132,14 +135,16 @@ def run_inference_benchmark(bench, args: InferenceBenchmarkArguments) -> dict[st
             fp32_graph = work / "ort_fp32" / ONNX_FILE if quantize else None  # exported once, then quantized
             record = export_onnx(model_dir, work / name, quantize, calibration=calibration, fp32_graph=fp32_graph)
             exports[name] = {"seconds": time.perf_counter() - start, **record}
-        start = time.perf_counter()
-        record = export_inductor(model_dir, work / "inductor", calibration_from_noise(model))
-        exports["inductor"] = {"seconds": time.perf_counter() - start, **record}
+        inductor = None
+        if args.inference_inductor:
+            start = time.perf_counter()
+            record = export_inductor(model_dir, work / "inductor", calibration_from_noise(model))
+            exports["inductor"] = {"seconds": time.perf_counter() - start, **record}
+            inductor = InductorModel(work / "inductor", threads)  # one compilation per precision, shared below
         results["exports"] = exports
         results["gflop_per_image"] = (
             forward_flops_per_image(lambda inputs: forward_logits(model, inputs), verification_batch(model, 1)) / 1e9
         )
-        inductor = InductorModel(work / "inductor", threads)  # one compilation per precision, shared below
         results["throughput"], results["load"], results["compile_seconds"] = measure_backends(
             model, inductor, work, args, threads
         )
@@ -154,12 +159,21 @@ def run_inference_benchmark(bench, args: InferenceBenchmarkArguments) -> dict[st
         if args.inference_e2e_images:
             results["end_to_end"] = measure_end_to_end(bench, args, model, inductor, work, threads)
         if args.planted_model:
-            results["planted_auc"] = planted_auc_change(args.planted_model, args.planted_dataset, work, threads)
+            results["planted_auc"] = planted_auc_change(
+                args.planted_model, args.planted_dataset, work, threads, args.inference_inductor
+            )
         results["machine"]["load_average_at_end"] = load_average()
     return results
 
 
-def measure_backends(model, inductor: InductorModel, work: Path, args: InferenceBenchmarkArguments, threads: int):
+def inductor_routes(inductor: InductorModel | None) -> dict[str, torch.dtype | None]:
+    """The Inductor routes timed: none without ``--inference_inductor``."""
+    return INDUCTOR_ROUTES if inductor is not None else {}
+
+
+def measure_backends(
+    model, inductor: InductorModel | None, work: Path, args: InferenceBenchmarkArguments, threads: int
+):
     """({batch size: {backend: images/s}}, {batch size: {backend: load during its best round}}, {what was
     compiled: its first-call seconds}: torch.compile's when timed, and each Inductor int8 route's)."""
     sessions = {name: create_session(work / name / ONNX_FILE, threads) for name in EXPORTS}
@@ -170,7 +184,7 @@ def measure_backends(model, inductor: InductorModel, work: Path, args: Inference
         with torch.inference_mode():
             compiled(verification_batch(model, batch_size=2))
         compile_seconds["compiled"] = time.perf_counter() - start
-    for name, dtype in INDUCTOR_ROUTES.items():
+    for name, dtype in inductor_routes(inductor).items():
         start = time.perf_counter()
         inductor.logits(verification_batch(model, batch_size=2), dtype)
         compile_seconds[name] = time.perf_counter() - start
@@ -186,7 +200,7 @@ def measure_backends(model, inductor: InductorModel, work: Path, args: Inference
         for name, session in sessions.items():
             feed = {INPUT_NAME: inputs.numpy()}
             steps[name] = lambda session=session, feed=feed: len(session.run([OUTPUT_NAME], feed)[0])
-        for name, dtype in INDUCTOR_ROUTES.items():
+        for name, dtype in inductor_routes(inductor).items():
             steps[name] = lambda inputs=inputs, dtype=dtype: len(inductor.logits(inputs, dtype))
         measured = interleaved_measurements(steps, args.inference_seconds, args.inference_rounds)
         throughput[batch_size] = {name: rate for name, (rate, _) in measured.items()}
@@ -214,7 +228,7 @@ def run_torch(forward, inputs: torch.Tensor) -> int:
 
 
 def profile_backends(
-    model, inductor: InductorModel, work: Path, batch_size: int, threads: int, top: int = 8
+    model, inductor: InductorModel | None, work: Path, batch_size: int, threads: int, top: int = 8
 ) -> dict[str, Any]:
     """Share of the time per op type: ORT's profiler for the graphs, torch's for eager and Inductor's int8
     (``top`` kinds each)."""
@@ -231,7 +245,7 @@ def profile_backends(
                 per_op[event["args"]["op_name"]] += event["dur"]
         profiles[name] = top_shares(per_op, top)
     forwards = {"eager": lambda: forward_logits(model, inputs)}
-    for name, dtype in INDUCTOR_ROUTES.items():
+    for name, dtype in inductor_routes(inductor).items():
         forwards[name] = lambda dtype=dtype: inductor.logits(inputs, dtype)
     for name, forward in forwards.items():
         forward()  # compiled (or cached) before the profile
@@ -249,7 +263,7 @@ def top_shares(times: dict[str, float], top: int) -> dict[str, float]:
 
 
 def measure_end_to_end(
-    bench, args: InferenceBenchmarkArguments, model, inductor: InductorModel, work: Path, threads: int
+    bench, args: InferenceBenchmarkArguments, model, inductor: InductorModel | None, work: Path, threads: int
 ) -> dict[str, Any]:
     """predict.py's loop over synthesized 1024 px PNGs for each backend, and the decode rate of one core."""
     images_dir, _ = write_synthetic_nih(work / "e2e", bench.names_csv, args.inference_e2e_images, bench.synthetic_size)
@@ -267,7 +281,10 @@ def measure_end_to_end(
         "eager": Predictor(model, device="cpu", precision="fp32"),
         "eager_bf16": Predictor(model, device="cpu", precision="bf16"),
         **{name: Predictor(OnnxModel(work / name, threads)) for name in EXPORTS},
-        **{name: Predictor(inductor, precision="bf16" if dtype else "fp32") for name, dtype in INDUCTOR_ROUTES.items()},
+        **{
+            name: Predictor(inductor, precision="bf16" if dtype else "fp32")
+            for name, dtype in inductor_routes(inductor).items()
+        },
     }
     for name, predictor in predictors.items():
         start = time.perf_counter()
@@ -278,7 +295,9 @@ def measure_end_to_end(
     return results
 
 
-def planted_auc_change(model_dir: str, dataset_name: str, work: Path, threads: int) -> dict[str, Any]:
+def planted_auc_change(
+    model_dir: str, dataset_name: str, work: Path, threads: int, with_inductor: bool = True
+) -> dict[str, Any]:
     """Macro AUC (14 findings) on the test split: PyTorch fp32, bf16 autocast, the int8 exports (static ones
     calibrated on the validation split), and each one's change from fp32."""
     from ..data import load_chestxray14, select_splits
@@ -290,8 +309,10 @@ def planted_auc_change(model_dir: str, dataset_name: str, work: Path, threads: i
     export_onnx(model_dir, work / "planted_int8", "int8", fp32_graph=fp32_graph)
     calibration = calibration_from_dataset(model, dataset_name, "validation")
     export_onnx(model_dir, work / "planted_int8_static", "int8_static", calibration=calibration, fp32_graph=fp32_graph)
-    export_inductor(model_dir, work / "planted_inductor", calibration)
-    inductor = InductorModel(work / "planted_inductor", threads)
+    inductor = None
+    if with_inductor:
+        export_inductor(model_dir, work / "planted_inductor", calibration)
+        inductor = InductorModel(work / "planted_inductor", threads)
     (test,) = select_splits(load_chestxray14(dataset_name), ["test"], dataset_name)
     routes = {
         "eager": Classifier(model, device="cpu", precision="fp32"),
@@ -299,7 +320,8 @@ def planted_auc_change(model_dir: str, dataset_name: str, work: Path, threads: i
         "ort_int8": Classifier(OnnxModel(work / "planted_int8", threads)),
         "ort_int8_static": Classifier(OnnxModel(work / "planted_int8_static", threads)),
         **{
-            name: Classifier(inductor, precision="bf16" if dtype else "fp32") for name, dtype in INDUCTOR_ROUTES.items()
+            name: Classifier(inductor, precision="bf16" if dtype else "fp32")
+            for name, dtype in inductor_routes(inductor).items()
         },
     }
     macro = {}
