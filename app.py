@@ -8,7 +8,8 @@ Space-ready: a Space runs `python app.py` and sets GRADIO_SERVER_NAME/PORT, whic
 config.json (0.5 when there are none; the page says which). Heatmaps come from the explainer registry that the
 evaluation report scores (cxr_vit.evaluation.explainers): --explainer, else the default, else gradcam where the
 model's family needs it; a model no explainer supports is served without heatmaps, and the page says why.
---backend onnx serves an export folder of scripts/export_onnx.py with ONNX Runtime (CPU, no heatmaps). --precision
+--backend onnx serves an export folder of scripts/export_onnx.py with ONNX Runtime, --backend inductor one of
+scripts/export_inductor.py (static int8, compiled at the first image), both on the CPU, without heatmaps. --precision
 auto (bf16 where the device computes it natively) is the scripts' option; the page says what computed each result.
 Research demo, not for clinical use.
 """

@@ -3,7 +3,7 @@
     python scripts/dicom_node.py --model outputs/quickstart --port 11112 --ae_title CXR_VIT \
         --allowed_ae MODALITY1 ORTHANC --destination 127.0.0.1:4242:ORTHANC --output_dir node_queue/
     python scripts/dicom_node.py ... --dicomweb http://127.0.0.1:8042/dicom-web --dicomweb_user u --dicomweb_password p
-    python scripts/dicom_node.py --backend onnx --model outputs/quickstart_onnx ...   # SR only: no heatmaps on ONNX
+    python scripts/dicom_node.py --backend onnx --model outputs/quickstart_onnx ...   # SR only: no heatmaps on exports
 
 Accepts CR and DX films (for presentation or processing; DR systems send DX) from the --allowed_ae callers only
 (others are rejected at association); other storage objects are acknowledged and dropped; a malformed film gets a
@@ -36,7 +36,7 @@ except ModuleNotFoundError as missing:  # pynetdicom: the [dicom] extra
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", required=True, help="A cxr-vit model folder or Hub id (an export with --backend onnx)."
+        "--model", required=True, help="A cxr-vit model folder or Hub id (an export with --backend onnx or inductor)."
     )
     add_backend_argument(parser)
     parser.add_argument("--thresholds", metavar="JSON", help="A thresholds.json of scripts/evaluate.py.")

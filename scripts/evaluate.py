@@ -56,8 +56,8 @@ from cxr_vit.evaluation import (
 from cxr_vit.evaluation.explainers import EXPLAINERS, ExplainerError, resolve_explainer
 from cxr_vit.evaluation.external import ExternalValidationError, external_section, external_setting, internal_report
 from cxr_vit.evaluation.localization import read_bbox_csv
+from cxr_vit.inference import NO_GRADIENTS
 from cxr_vit.markdown import format_ci
-from cxr_vit.onnx_model import NO_GRADIENTS
 from cxr_vit.prediction import ModelLoadError
 from cxr_vit.public_names import model_reference
 
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     names, args.model = args.model, args.model[0]
 
-    if args.bbox_csv and args.backend == "onnx":
+    if args.bbox_csv and args.backend != "torch":
         parser.error(f"--bbox_csv scores heatmaps: {NO_GRADIENTS}")
     if args.explainer and not args.bbox_csv:
         parser.error("--explainer draws the heatmaps scored against --bbox_csv: give --bbox_csv too")

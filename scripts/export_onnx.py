@@ -25,9 +25,10 @@ import json
 import logging
 import sys
 
-from cxr_vit.data import DEFAULT_SPLIT_SEED, NIHDataError
-from cxr_vit.onnx_export import CALIBRATION_IMAGES, QUANTIZATIONS, ExportError, calibration_from_dataset, export_onnx
-from cxr_vit.prediction import ModelLoadError, load_model
+from cxr_vit.cli import add_calibration_arguments, calibration_images
+from cxr_vit.data import NIHDataError
+from cxr_vit.onnx_export import QUANTIZATIONS, ExportError, export_onnx
+from cxr_vit.prediction import ModelLoadError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,27 +41,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="int8: ORT dynamic quantization; int8_static: static QDQ, calibrated on --calibration_dataset.",
     )
-    parser.add_argument("--calibration_dataset", default=None, help="int8_static: a prepared dataset folder or Hub id.")
-    parser.add_argument("--calibration_split", default="validation", help="Its split calibrated on (validation).")
-    parser.add_argument(
-        "--calibration_images", type=int, default=CALIBRATION_IMAGES, help="The first N images of that split."
-    )
-    parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="As in train.py, for a set "
-                        "without validation/test splits.")  # fmt: skip
+    add_calibration_arguments(parser, required=False)
     parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's).")
     args = parser.parse_args(argv)
     if (args.quantize == "int8_static") != (args.calibration_dataset is not None):
         parser.error("--quantize int8_static needs --calibration_dataset (its images fix the activation ranges), "
                      "and only it takes one")  # fmt: skip
-    if args.calibration_images < 1:
-        parser.error("--calibration_images must be at least 1")
     try:
-        calibration = None
-        if args.calibration_dataset:
-            calibration = calibration_from_dataset(
-                load_model(args.model), args.calibration_dataset, args.calibration_split, args.calibration_images,
-                split_seed=args.split_seed,
-            )  # fmt: skip
+        calibration = calibration_images(parser, args)
         record = export_onnx(
             args.model, args.output_dir, quantize=args.quantize, opset=args.opset, calibration=calibration
         )

@@ -159,7 +159,8 @@ def test_training_flops_grow_faster_than_the_pixels():
 
 def test_inference_benchmark_tiny(tmp_path):
     """scripts/benchmark.py --inference's measurements on a tiny ViT: every backend, each against its precision's
-    peak with the load of its best round, and the end-to-end rows."""
+    peak with the load of its best round, and the end-to-end rows. Inductor's int8 is left out: compiling it twice
+    from a cold cache costs about two minutes of CI (test_learnability.py runs and profiles that backend)."""
     from cxr_vit.benchmarks.inference import (
         BACKENDS,
         InferenceBenchmarkArguments,
@@ -171,14 +172,16 @@ def test_inference_benchmark_tiny(tmp_path):
     bench = BenchmarkArguments(model_name="vit_tiny_patch16_224", image_size=32, synthetic_size=128, names_csv=names,
                                work_dir=str(tmp_path))  # fmt: skip
     args = InferenceBenchmarkArguments(inference=True, inference_batch_sizes="1,4", inference_seconds=0.2,
-                                       inference_rounds=1, inference_compile=False, inference_e2e_images=4)  # fmt: skip
+                                       inference_rounds=1, inference_compile=False, inference_e2e_images=4,
+                                       inference_inductor=False)  # fmt: skip
     results = run_inference_benchmark(bench, args)
     backends = {"eager", "eager_bf16", "ort_fp32", "ort_int8", "ort_int8_static"}
     assert set(results["throughput"]) == {1, 4} and set(results["throughput"][4]) == backends
     assert all(rate > 0 for rates in results["throughput"].values() for rate in rates.values())
     assert results["exports"]["ort_fp32"]["fp32_check"]["max_abs_logit_diff"] <= 1e-4
     assert results["exports"]["ort_int8_static"]["calibration"]["dataset"].startswith("seeded normal noise")
-    assert {"ort_fp32", "ort_int8", "ort_int8_static", "eager"} == set(results["profile"]["share_of_time"])
+    assert "inductor" not in results["exports"] and results["compile_seconds"] == {}
+    assert set(results["profile"]["share_of_time"]) == backends - {"eager_bf16"}
     assert results["end_to_end"]["images"] == 4 and results["end_to_end"]["ort_int8_static_img_per_s"] > 0
     # ViT-Ti/16 at 32 px: 4 patches + the class token, 12 blocks of 0.44 M multiply-adds a token: ~0.053 GFLOP
     assert 0.05 < results["gflop_per_image"] < 0.06
@@ -191,7 +194,7 @@ def test_inference_benchmark_tiny(tmp_path):
     table = format_inference_table(json.loads(json.dumps(results)))  # as read back from the JSON
     assert "| ONNX Runtime int8 (static QDQ) | int8 |" in table and "decode only, one core" in table
     assert "- fp32: " in table and "- load: " in table
-    assert all(label in table for label, _ in BACKENDS.values() if "compile" not in label)
+    assert all(label in table for label, _ in BACKENDS.values() if "compile" not in label and "Inductor" not in label)
 
 
 def test_a_loaded_or_above_peak_cell_is_not_given_as_the_figure():

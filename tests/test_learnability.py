@@ -162,6 +162,59 @@ def test_int8_onnx_dynamic_and_static_change_the_macro_auc_by_at_most_0_005(lear
     assert abs(headline["int8_static"] - headline["fp32"]) <= 0.005, headline
 
 
+def test_inductor_int8_through_the_scripts_changes_the_macro_auc_by_at_most_0_005(learned, tmp_path):
+    """scripts/export_inductor.py (static PT2E int8, calibrated on validation images), then predict.py --backend
+    inductor on the test films with bf16 float ops, and the same program with fp32 float ops in this process: the
+    same macro AUC as fp32 PyTorch within 0.005, computed by oneDNN's int8 GEMMs."""
+    import torch
+    from inference_helpers import load_script
+
+    from cxr_vit.inductor_model import PROGRAM_FILE, InductorModel, load_program
+    from cxr_vit.inference import Classifier
+    from cxr_vit.prediction import load_model
+
+    prepared = learned.parent / "prepared"
+    export = load_script(REPO / "scripts" / "export_inductor.py").main
+    folder = tmp_path / "inductor"
+    assert export(["--model", str(learned), "--output_dir", str(folder), "--calibration_dataset", str(prepared),
+                   "--calibration_images", "64"]) == 0  # fmt: skip
+    record = json.loads((folder / "export.json").read_text())
+    assert record["calibration"]["split"] == "validation" and record["calibration"]["images"] == 64
+    # every linear and conv weight is int8 in the file, and no fp32 copy of one is kept
+    layers = [m for m in load_model(learned).timm_model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+    matrices = [
+        tensor.dtype for tensor in load_program(folder / PROGRAM_FILE).state_dict.values() if tensor.dim() in (2, 4)
+    ]
+    assert matrices == [torch.int8] * len(layers), matrices
+
+    test = datasets.load_dataset(str(prepared), split="test")
+    files = [str(learned.parent / "planted" / "images" / name) for name in test["image_id"]]
+    targets = np.asarray(test["labels"])
+    # fp32 PyTorch's figure: the Trainer's, which predict.py's fp32 probabilities give to 1e-4 (tested above)
+    headline = {"fp32": json.loads((learned / "test_results.json").read_text())["test_auc_macro"]}
+    output = tmp_path / "int8_bf16.csv"
+    run("scripts/predict.py", "--backend", "inductor", "--model", str(folder), "--precision", "bf16", *files,
+        "--output", str(output))  # fmt: skip
+    predicted = pd.read_csv(output).set_index("path").loc[files, list(LABELS)].to_numpy()
+    headline["int8, bf16 float ops"] = label_scores(predicted, targets).macro()
+    recorded = json.loads(output.with_suffix(".csv.json").read_text())
+    assert recorded["backend"] == "inductor", recorded
+    assert recorded["precision"] == "torch inductor int8 (static PT2E quantization), bf16 float ops", recorded
+
+    # in this process, with fp32 float ops: the AUC, and the ops that computed it (without torchao's Inductor
+    # passes the program compiles to dequantize + fp32 GEMMs, which would still score well)
+    model = InductorModel(folder)
+    probabilities, _ = Classifier(model, device="cpu", precision="fp32").predict_dataset(test, progress=False)
+    headline["int8, fp32 float ops"] = label_scores(probabilities, targets).macro()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        model.logits(torch.from_numpy(np.zeros((2, 3, 64, 64), np.float32)))
+    ops = {event.key for event in profile.key_averages()}
+    assert "onednn::qlinear_pointwise" in ops and "aten::addmm" not in ops, sorted(ops)
+    print("planted model, test macro AUC:", headline)
+    assert headline["fp32"] >= MACRO_FLOOR, headline
+    assert all(abs(value - headline["fp32"]) <= 0.005 for value in headline.values()), headline
+
+
 def test_shuffled_labels_learn_nothing(tmp_path):
     """The same films with the label column shuffled: a chain that learned anything else would fail here."""
     aucs = split_aucs(prepare_and_train(tmp_path, "cache", shuffle_labels=True))

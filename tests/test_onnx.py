@@ -103,6 +103,9 @@ def test_heatmaps_stay_on_torch(exported, tmp_path, capsys):
         == 2
     )
     assert "export_onnx.py" in capsys.readouterr().err  # a folder without model.onnx says how to make one
+    inductor = ["--backend", "inductor", "--model", str(tmp_path), str(IMAGES[0]), "--output", str(tmp_path / "p.csv")]
+    assert predict(inductor) == 2
+    assert "export_inductor.py" in capsys.readouterr().err  # nor one without model.pt2
 
 
 def test_evaluate_backend_onnx_reports_what_torch_reports(exported, prepared_mini, tmp_path):

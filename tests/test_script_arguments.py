@@ -17,6 +17,7 @@ REQUIRED = {
     "download_nih.py": ["--output_dir", "o"],
     "evaluate.py": ["--model", "m", "--dataset_name", "d", "--output_dir", "o"],
     "external_validation.py": ["--model", "m", "--dataset_name", "d", "--output_dir", "o"],
+    "export_inductor.py": ["--model", "m", "--output_dir", "o", "--calibration_dataset", "d"],
     "export_onnx.py": ["--model", "m", "--output_dir", "o"],
     "predict.py": ["x.png", "--model", "m", "--output", "o"],
     "prepare_data.py": ["--images_dir", "i", "--labels_csv", "l", "--output_dir", "o"],

@@ -6,8 +6,7 @@ import argparse
 
 from .data import DEFAULT_SPLIT_SEED
 from .data.gpu_augment import EVAL_VIEWS
-from .inference import PRECISION_HELP, PRECISIONS
-from .onnx_model import BACKENDS
+from .inference import BACKENDS, PRECISION_HELP, PRECISIONS
 from .public_names import DatasetReference, dataset_reference
 
 
@@ -40,13 +39,14 @@ def add_model_arguments(
 
 
 def add_backend_argument(parser: argparse.ArgumentParser) -> None:
-    """``--backend torch|onnx``: what runs the model; the preprocessing, thresholds and report are the same."""
+    """``--backend torch|onnx|inductor``: what runs the model; the preprocessing, thresholds and report are the same."""
     parser.add_argument(
         "--backend",
         default="torch",
         choices=BACKENDS,
         help="torch: the model folder in PyTorch; onnx: --model is a folder of scripts/export_onnx.py, run by ONNX "
-        "Runtime on the CPU (no heatmaps: they need gradients).",
+        "Runtime on the CPU; inductor: a folder of scripts/export_inductor.py (static int8), compiled by "
+        "torch.compile on the CPU at the first batch. Exports have no heatmaps (they need gradients).",
     )
 
 
@@ -96,3 +96,40 @@ def check_runtime_arguments(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error("--batch_size must be at least 1")
     if not 1 <= getattr(args, "tta", 1) <= EVAL_VIEWS:
         parser.error(f"--tta must be between 1 (the centre crop) and {EVAL_VIEWS} (centre and four corners)")
+
+
+def add_calibration_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    """The images a static int8 export fixes its activation ranges on: ``--calibration_dataset`` (required by
+    ``scripts/export_inductor.py``; by ``export_onnx.py`` only with ``--quantize int8_static``), its split, count
+    and split seed."""
+    from .onnx_export import CALIBRATION_IMAGES
+
+    parser.add_argument(
+        "--calibration_dataset",
+        required=required,
+        default=None,
+        help="A prepared dataset folder or Hub id whose images fix the activation ranges of static int8.",
+    )
+    parser.add_argument("--calibration_split", default="validation", help="Its split calibrated on (validation; "
+                        "never the test split you will report).")  # fmt: skip
+    parser.add_argument(
+        "--calibration_images", type=int, default=CALIBRATION_IMAGES, help="The first N images of that split."
+    )
+    parser.add_argument("--split_seed", type=int, default=DEFAULT_SPLIT_SEED, help="As in train.py, for a set "
+                        "without validation/test splits.")  # fmt: skip
+
+
+def calibration_images(parser: argparse.ArgumentParser, args: argparse.Namespace):
+    """The :class:`cxr_vit.onnx_export.Calibration` of :func:`add_calibration_arguments`' options (None without a
+    dataset); a bad count is a usage error."""
+    if args.calibration_images < 1:
+        parser.error("--calibration_images must be at least 1")
+    if args.calibration_dataset is None:
+        return None
+    from .onnx_export import calibration_from_dataset
+    from .prediction import load_model
+
+    return calibration_from_dataset(
+        load_model(args.model), args.calibration_dataset, args.calibration_split, args.calibration_images,
+        split_seed=args.split_seed,
+    )  # fmt: skip

@@ -15,9 +15,11 @@ Test-time augmentation (``tta``) averages the probabilities of fixed views of ea
 the four corner crops of the square it is cut from (five at most, deterministic). :class:`Ensemble` averages the
 probabilities of several models, each with its own preprocessing.
 
-Two backends run the model: PyTorch (a ``TimmWrapperForImageClassification``) and ONNX Runtime (an
-:class:`cxr_vit.onnx_model.OnnxModel`, an export of the same forward, fp32 or int8, on the CPU). Only the forward
-differs; the preprocessing, the averaging and everything downstream are the same code.
+Three backends run the model: PyTorch (a ``TimmWrapperForImageClassification``), ONNX Runtime (an
+:class:`cxr_vit.onnx_model.OnnxModel`, an export of the same forward, fp32 or int8, on the CPU) and Inductor (an
+:class:`cxr_vit.inductor_model.InductorModel`, a static int8 PT2E program compiled by ``torch.compile`` on the
+CPU; under ``bf16`` its float ops run in bf16). Only the forward differs; the preprocessing, the averaging and
+everything downstream are the same code.
 """
 
 from __future__ import annotations
@@ -34,13 +36,21 @@ from transformers import TimmWrapperForImageClassification
 from .cpu_features import native_cpu_bf16
 from .data.gpu_augment import EVAL_VIEWS, BatchImageTransform
 from .data.transforms import ModelImages, collate_images, eval_geometry, resize_for_model
+from .inductor_model import InductorModel
 from .modeling import data_config
 from .onnx_model import OnnxModel
 
+BACKENDS = ("torch", "onnx", "inductor")
+EXPORTED_MODELS = (OnnxModel, InductorModel)  # export folders: CPU only, no gradients
+NO_GRADIENTS = (
+    "heatmaps need gradients, which an exported model (--backend onnx or inductor) does not have: use --backend "
+    "torch for heatmaps"
+)
 PRECISIONS = ("auto", "fp32", "bf16")
 PRECISION_HELP = (
     "auto: bf16 autocast (fp32 head) where the device computes bf16 natively (a GPU of compute capability 8+, a CPU "
-    "with AVX512-BF16 or AMX-BF16), else fp32; an ONNX export runs as exported (auto or fp32)."
+    "with AVX512-BF16 or AMX-BF16), else fp32; an ONNX export runs as exported (auto or fp32); an inductor int8 "
+    "export runs its float ops in this precision."
 )
 
 
@@ -87,11 +97,12 @@ class Classifier:
     """A model with its preprocessing and precision: X-rays in, probabilities in canonical label order out.
 
     Args:
-        model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels), or its ONNX export
-            (:class:`cxr_vit.onnx_model.OnnxModel`, which runs on the CPU).
-        device: where to run; default CUDA when available (the CPU for an ONNX model).
+        model: a cxr-vit model (``TimmWrapperForImageClassification`` with the 15 labels), or an export of it
+            that runs on the CPU (:data:`EXPORTED_MODELS`: ONNX, inductor int8).
+        device: where to run; default CUDA when available (the CPU for an export).
         precision: ``auto`` (bf16 autocast where the device has it natively: :func:`native_bf16`; else fp32),
-            ``fp32`` or ``bf16`` (an ONNX model computes what its graph holds: ``auto`` or ``fp32``). What it
+            ``fp32`` or ``bf16`` (an ONNX model computes what its graph holds: ``auto`` or ``fp32``; an inductor
+            int8 model runs its float ops, everything but the int8 GEMMs, in this precision). What it
             resolved to is ``precision``; ``runtime`` says it for reports.
         tta: views averaged per image: 1 = the centre crop (timm's eval transform); up to 5 adds the corners.
     """
@@ -106,18 +117,24 @@ class Classifier:
         if not 1 <= tta <= EVAL_VIEWS:
             raise ValueError(f"tta must be 1 (the centre crop only) to {EVAL_VIEWS} (centre and 4 corners), got {tta}")
         self.tta = tta
-        self.onnx = isinstance(model, OnnxModel)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and not self.onnx else "cpu"))
-        if self.onnx and (self.device.type != "cpu" or precision == "bf16"):
+        self.exported = isinstance(model, EXPORTED_MODELS)
+        onnx = isinstance(model, OnnxModel)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() and not self.exported else "cpu"))
+        if self.exported and self.device.type != "cpu":
             raise ValueError(
-                f"the onnx backend runs its graph as exported on the CPU: got device {self.device}, precision "
-                f"{precision!r} (use --device cpu and --precision auto/fp32, or --backend torch)"
+                f"the {model.backend} backend runs on the CPU: got device {self.device} (use --device cpu, or "
+                "--backend torch)"
             )
-        self.model = model if self.onnx else model.eval().to(self.device)
+        if onnx and precision == "bf16":
+            raise ValueError(
+                "the onnx backend runs its graph as exported: got precision 'bf16' (use --precision auto/fp32, or "
+                "--backend torch or inductor)"
+            )
+        self.model = model if self.exported else model.eval().to(self.device)
         config = data_config(model)
         self.geometry = eval_geometry(config)
         self.batch_transform = BatchImageTransform(config)
-        self.dtype = None if self.onnx else autocast_dtype(precision, self.device)
+        self.dtype = None if onnx else autocast_dtype(precision, self.device)
         self.precision = "bf16" if self.dtype == torch.bfloat16 else "fp32"  # what ``auto`` resolved to
 
     def squares(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -131,14 +148,17 @@ class Classifier:
     @torch.no_grad()
     def logits(self, squares: torch.Tensor, view: int = 0) -> torch.Tensor:
         """float32 logits ``(B, 15)`` of one view, on the device."""
-        if self.onnx:
-            return self.model.logits(self.inputs(squares, view))
+        if self.exported:
+            return self.model.logits(self.inputs(squares, view), self.dtype)
         return forward_logits(self.model, self.inputs(squares, view), self.dtype)
 
     @property
     def runtime(self) -> str:
-        """What computes the logits, for reports: the precision on torch, the graph on ONNX Runtime."""
-        if self.onnx:
+        """What computes the logits, for reports: the precision on torch, the graph on ONNX Runtime, the int8
+        program and the precision of its float ops on Inductor."""
+        if isinstance(self.model, InductorModel):
+            return self.model.description + (", bf16 float ops" if self.precision == "bf16" else ", fp32 float ops")
+        if self.exported:
             return self.model.description
         return "bf16 autocast, fp32 head" if self.precision == "bf16" else "fp32"
 

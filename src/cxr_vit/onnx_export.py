@@ -241,11 +241,7 @@ def export_onnx(
             quantize_int8_static(fp32_path, final, calibration.batches)
         shutil.copyfile(final, output / ONNX_FILE)
     record = {
-        "source": str(model_name_or_path),
-        "source_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
-        "architecture": model.config.architecture,
-        "input_size": list(data_config(model)["input_size"]),
-        "input": f"{INPUT_NAME}: float32 (batch, 3, H, W), normalised as the model's data config says",
+        **source_record(model, model_name_or_path),
         "quantize": quantize,
         "opset": opset,
         "exporter": "torch.onnx.export (dynamo)",
@@ -256,10 +252,27 @@ def export_onnx(
         record["int8_check"] = {**compare(model, output / ONNX_FILE), "note": "reached, not a tolerance"}
     if calibration is not None:
         record["calibration"] = {**calibration.source, "method": "MinMax", "op_types": list(STATIC_OP_TYPES)}
-    model.config.save_pretrained(output)  # labels, thresholds and pretrained_cfg travel with the graph
-    write_preprocessor_config(model_name_or_path, output)
+    write_model_configs(model, model_name_or_path, output)
     (output / EXPORT_FILE).write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+def source_record(model, model_name_or_path: str | os.PathLike) -> dict:
+    """What an export folder's ``export.json`` says of the model it came from, and of the input it takes."""
+    return {
+        "source": str(model_name_or_path),
+        "source_fingerprint": weights_fingerprint(timm_state_dict(model.state_dict())),
+        "architecture": model.config.architecture,
+        "input_size": list(data_config(model)["input_size"]),
+        "input": f"{INPUT_NAME}: float32 (batch, 3, H, W), normalised as the model's data config says",
+    }
+
+
+def write_model_configs(model, model_name_or_path: str | os.PathLike, output: Path) -> None:
+    """The model's ``config.json`` (labels, thresholds and ``pretrained_cfg`` travel with the export) and
+    ``preprocessor_config.json``."""
+    model.config.save_pretrained(output)
+    write_preprocessor_config(model_name_or_path, output)
 
 
 def write_preprocessor_config(model_name_or_path: str | os.PathLike, output: Path) -> None:

@@ -24,9 +24,7 @@ from .data.provenance import file_sha256
 ONNX_FILE = "model.onnx"
 EXPORT_FILE = "export.json"
 INPUT_NAME, OUTPUT_NAME = "pixel_values", "logits"
-BACKENDS = ("torch", "onnx")
 QUANTIZATION_NAMES = {"int8": "int8 (dynamic quantization)", "int8_static": "int8 (static QDQ quantization)"}
-NO_GRADIENTS = "heatmaps need gradients, which the onnx backend does not have: use --backend torch for heatmaps"
 
 
 class OnnxModelError(ValueError):
@@ -56,6 +54,8 @@ class OnnxModel:
         num_threads: ONNX Runtime intra-op threads (default: ``torch.get_num_threads()``).
     """
 
+    backend = "onnx"
+
     def __init__(self, folder: str | os.PathLike, num_threads: int | None = None):
         self.folder = Path(folder)
         path = self.folder / ONNX_FILE
@@ -83,7 +83,8 @@ class OnnxModel:
         ``onnxruntime int8 (static QDQ quantization)``."""
         return "onnxruntime " + QUANTIZATION_NAMES.get(self.quantization, "fp32")
 
-    def logits(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """float32 logits ``(B, 15)`` of a normalised CPU batch, as :func:`cxr_vit.inference.forward_logits`."""
+    def logits(self, pixel_values: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """float32 logits ``(B, 15)`` of a normalised CPU batch, as :func:`cxr_vit.inference.forward_logits`; the
+        graph computes in what it holds (``dtype`` must be None: the Classifier refuses bf16 for it)."""
         inputs = np.ascontiguousarray(pixel_values.detach().cpu().numpy(), dtype=np.float32)
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0])

@@ -32,8 +32,9 @@ from .data.images import XrayReadError, is_xray_file, load_xray
 from .data.transforms import model_view
 from .evaluation.explainers import ExplainerError, get_explainer, resolve_explainer
 from .evaluation.heatmaps import heatmap_panel
-from .inference import Classifier, Ensemble
-from .onnx_model import BACKENDS, NO_GRADIENTS, OnnxModel
+from .inductor_model import InductorModel
+from .inference import BACKENDS, NO_GRADIENTS, Classifier, Ensemble
+from .onnx_model import OnnxModel
 
 logger = logging.getLogger(__name__)
 
@@ -75,25 +76,27 @@ def read_image(path: str | os.PathLike) -> Image.Image:
 
 def load_model(
     name_or_path: str | os.PathLike, backend: str = "torch"
-) -> TimmWrapperForImageClassification | OnnxModel:
+) -> TimmWrapperForImageClassification | OnnxModel | InductorModel:
     """``AutoModelForImageClassification.from_pretrained`` plus a check that it has the 15 labels in our order.
 
     ``backend="onnx"``: the folder is an export of ``scripts/export_onnx.py``, run by ONNX Runtime
-    (:class:`cxr_vit.onnx_model.OnnxModel`).
+    (:class:`cxr_vit.onnx_model.OnnxModel`); ``backend="inductor"``: an export of ``scripts/export_inductor.py``,
+    compiled by Inductor (:class:`cxr_vit.inductor_model.InductorModel`).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     name = str(name_or_path)
     if not Path(name).is_dir() and (
-        backend == "onnx" or Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
+        backend != "torch" or Path(name).is_absolute() or name.startswith(".") or name.count("/") > 1
     ):
         raise ModelLoadError(f"{name}: no such model folder")  # not a Hub id either: say so, not "bad repo id"
     try:
-        model = OnnxModel(name) if backend == "onnx" else AutoModelForImageClassification.from_pretrained(name)
+        exports = {"onnx": OnnxModel, "inductor": InductorModel}
+        model = exports[backend](name) if backend in exports else AutoModelForImageClassification.from_pretrained(name)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"could not load the model {str(name_or_path)!r}: {err}") from err
     labels = [model.config.id2label.get(i) for i in range(model.config.num_labels)]
-    if backend == "onnx":
+    if backend != "torch":
         if labels != list(LABELS):
             raise ModelLoadError(f"{name}: the export's config.json has labels {labels}, not the 15 NIH labels")
         return model
@@ -177,13 +180,13 @@ class Predictor:
 
     def __init__(
         self,
-        model: TimmWrapperForImageClassification | OnnxModel,
+        model: TimmWrapperForImageClassification | OnnxModel | InductorModel,
         device: str | torch.device | None = None,
         precision: str = "auto",
         thresholds_file: str | os.PathLike | None = None,
         explainer: str | None = None,
         tta: int = 1,
-        ensemble: Sequence[TimmWrapperForImageClassification | OnnxModel] = (),
+        ensemble: Sequence[TimmWrapperForImageClassification | OnnxModel | InductorModel] = (),
     ):
         self.classifier = Classifier(model, device=device, precision=precision, tta=tta)
         self.model, self.device = self.classifier.model, self.classifier.device
@@ -194,7 +197,7 @@ class Predictor:
         else:
             self.thresholds, self.thresholds_source = load_thresholds(model.config)
         try:
-            if self.classifier.onnx:
+            if self.classifier.exported:
                 raise ExplainerError(NO_GRADIENTS)
             self.explainer, self.explainer_source = resolve_explainer(self.model, explainer)
         except ExplainerError as err:
@@ -214,7 +217,8 @@ class Predictor:
         ensemble: Sequence[str | os.PathLike] = (),
         backend: str = "torch",
     ) -> Predictor:
-        """From a model folder or Hub id (and more of them for an ensemble); ``backend="onnx"``: export folders."""
+        """From a model folder or Hub id (and more of them for an ensemble); ``backend`` onnx or inductor: export
+        folders."""
         model = load_model(name_or_path, backend)
         others = [load_model(name, backend) for name in ensemble]
         return cls(model, device, precision, thresholds_file, explainer, tta=tta, ensemble=others)
@@ -228,7 +232,7 @@ class Predictor:
         """What computed the predictions, for the record beside an output (predict.py's CSV, a DICOM result)."""
         return {
             "precision": self.runtime,
-            "backend": "onnx" if self.classifier.onnx else "torch",
+            "backend": self.model.backend if self.classifier.exported else "torch",
             "device": str(self.device),
             "tta": self.classifier.tta,
             "models": len(self.ensemble.members) if self.ensemble else 1,

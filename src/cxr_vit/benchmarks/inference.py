@@ -1,10 +1,12 @@
 """CPU inference side by side in one run: PyTorch eager fp32 and bf16, ``torch.compile``, ONNX Runtime fp32 and
-int8 (dynamic and static QDQ), end to end; each against the CPU's peak for its precision, with the machine's load.
+int8 (dynamic and static QDQ), Inductor's static int8 (fp32 or bf16 float ops), end to end; each against the CPU's
+peak for its precision, with the machine's load.
 
 ``scripts/benchmark.py --inference`` runs :func:`run_inference_benchmark` and prints
 :func:`format_inference_table`. The model (``--model_name`` at ``--image_size``, random init: speed does not depend
 on the weights) is saved, exported with :func:`cxr_vit.onnx_export.export_onnx` (fp32, int8 dynamic, int8 static
-calibrated on seeded noise: a static graph's speed does not depend on its ranges), and each backend runs the same
+calibrated on seeded noise: a static graph's speed does not depend on its ranges) and to a static int8 PT2E program
+(:func:`cxr_vit.inductor_export.export_inductor`, calibrated the same way), and each backend runs the same
 normalised batch with the same number of threads (``--inference_threads``, torch intra-op and ORT intra-op alike).
 Backends are timed in interleaved rounds and each keeps its best round, so load from other processes cannot deflate
 one side only.
@@ -17,7 +19,7 @@ work) is recorded, and a cell timed on a loaded machine says "loaded" instead of
 End to end is ``predict.py``'s loop (:func:`cxr_vit.prediction.predict_files` writing the CSV) over synthesized
 1024 px NIH-like PNGs, decoded in ``--inference_workers`` processes. A per-op profile of each backend at the largest
 batch says where the time goes. With ``--planted_model`` and ``--planted_dataset`` it also reports the macro AUC
-change of bf16 and of both int8 exports (static calibrated on that set's validation split) on its test split.
+change of bf16 and of the int8 exports (static ones calibrated on that set's validation split) on its test split.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 import torch
 
 from ..cpu_features import cpu_flags
+from ..inductor_export import export_inductor
+from ..inductor_model import InductorModel
 from ..inference import Classifier, forward_logits
 from ..modeling import create_model, save_model
 from ..onnx_export import (
@@ -59,7 +63,10 @@ BACKENDS = {  # name: (what the table calls it, the precision whose peak it is m
     "ort_fp32": ("ONNX Runtime fp32", "fp32"),
     "ort_int8": ("ONNX Runtime int8 (dynamic)", "int8"),
     "ort_int8_static": ("ONNX Runtime int8 (static QDQ)", "int8"),
+    "inductor_int8": ("Inductor int8 (static PT2E), fp32 float ops", "int8"),
+    "inductor_int8_bf16": ("Inductor int8 (static PT2E), bf16 float ops", "int8"),
 }
+INDUCTOR_ROUTES = {"inductor_int8": None, "inductor_int8_bf16": torch.bfloat16}  # name: dtype of the float ops
 EXPORTS = {"ort_fp32": None, "ort_int8": "int8", "ort_int8_static": "int8_static"}
 RELEVANT_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "avx512_vnni", "avx_vnni", "amx_int8")
 
@@ -74,6 +81,9 @@ class InferenceBenchmarkArguments:
     inference_rounds: int = field(default=3, metadata={"help": "Interleaved rounds; each backend keeps its best."})
     inference_threads: int = field(default=0, metadata={"help": "Threads of both runtimes (0: every core)."})
     inference_compile: bool = field(default=True, metadata={"help": "Also time torch.compile."})
+    inference_inductor: bool = field(
+        default=True, metadata={"help": "Also export and time Inductor's static int8 (compiled once per precision)."}
+    )
     inference_e2e_images: int = field(default=64, metadata={"help": "1024 px PNGs predicted end to end (0: skip)."})
     inference_workers: int = field(default=1, metadata={"help": "Decoding processes of the end-to-end runs."})
     inference_profile: bool = field(default=True, metadata={"help": "Per-op profiles at the largest batch."})
@@ -125,12 +135,18 @@ def run_inference_benchmark(bench, args: InferenceBenchmarkArguments) -> dict[st
             fp32_graph = work / "ort_fp32" / ONNX_FILE if quantize else None  # exported once, then quantized
             record = export_onnx(model_dir, work / name, quantize, calibration=calibration, fp32_graph=fp32_graph)
             exports[name] = {"seconds": time.perf_counter() - start, **record}
+        inductor = None
+        if args.inference_inductor:
+            start = time.perf_counter()
+            record = export_inductor(model_dir, work / "inductor", calibration_from_noise(model))
+            exports["inductor"] = {"seconds": time.perf_counter() - start, **record}
+            inductor = InductorModel(work / "inductor", threads)  # one compilation per precision, shared below
         results["exports"] = exports
         results["gflop_per_image"] = (
             forward_flops_per_image(lambda inputs: forward_logits(model, inputs), verification_batch(model, 1)) / 1e9
         )
         results["throughput"], results["load"], results["compile_seconds"] = measure_backends(
-            model, work, args, threads
+            model, inductor, work, args, threads
         )
         clock_end, _ = measure_clock_hz()
         clocks = [clock for clock in (clock_start, clock_end) if clock]
@@ -139,26 +155,39 @@ def run_inference_benchmark(bench, args: InferenceBenchmarkArguments) -> dict[st
         results["peaks"] = cpu_peaks(cores, max(clocks) if clocks else None, args.cpu_fma_per_cycle, flags)
         results["peak_fraction"] = peak_fractions(results)
         if args.inference_profile:
-            results["profile"] = profile_backends(model, work, max(args.batch_sizes), threads)
+            results["profile"] = profile_backends(model, inductor, work, max(args.batch_sizes), threads)
         if args.inference_e2e_images:
-            results["end_to_end"] = measure_end_to_end(bench, args, model, work, threads)
+            results["end_to_end"] = measure_end_to_end(bench, args, model, inductor, work, threads)
         if args.planted_model:
-            results["planted_auc"] = planted_auc_change(args.planted_model, args.planted_dataset, work, threads)
+            results["planted_auc"] = planted_auc_change(
+                args.planted_model, args.planted_dataset, work, threads, args.inference_inductor
+            )
         results["machine"]["load_average_at_end"] = load_average()
     return results
 
 
-def measure_backends(model, work: Path, args: InferenceBenchmarkArguments, threads: int):
-    """({batch size: {backend: images/s}}, {batch size: {backend: load during its best round}}, torch.compile's
-    first-call seconds or None)."""
+def inductor_routes(inductor: InductorModel | None) -> dict[str, torch.dtype | None]:
+    """The Inductor routes timed: none without ``--inference_inductor``."""
+    return INDUCTOR_ROUTES if inductor is not None else {}
+
+
+def measure_backends(
+    model, inductor: InductorModel | None, work: Path, args: InferenceBenchmarkArguments, threads: int
+):
+    """({batch size: {backend: images/s}}, {batch size: {backend: load during its best round}}, {what was
+    compiled: its first-call seconds}: torch.compile's when timed, and each Inductor int8 route's)."""
     sessions = {name: create_session(work / name / ONNX_FILE, threads) for name in EXPORTS}
-    compiled, compile_seconds = None, None
+    compiled, compile_seconds = None, {}
     if args.inference_compile:
         compiled = torch.compile(LogitsForward(model).eval())
         start = time.perf_counter()
         with torch.inference_mode():
             compiled(verification_batch(model, batch_size=2))
-        compile_seconds = time.perf_counter() - start
+        compile_seconds["compiled"] = time.perf_counter() - start
+    for name, dtype in inductor_routes(inductor).items():
+        start = time.perf_counter()
+        inductor.logits(verification_batch(model, batch_size=2), dtype)
+        compile_seconds[name] = time.perf_counter() - start
     throughput, load = {}, {}
     for batch_size in args.batch_sizes:
         inputs = verification_batch(model, batch_size)
@@ -171,6 +200,8 @@ def measure_backends(model, work: Path, args: InferenceBenchmarkArguments, threa
         for name, session in sessions.items():
             feed = {INPUT_NAME: inputs.numpy()}
             steps[name] = lambda session=session, feed=feed: len(session.run([OUTPUT_NAME], feed)[0])
+        for name, dtype in inductor_routes(inductor).items():
+            steps[name] = lambda inputs=inputs, dtype=dtype: len(inductor.logits(inputs, dtype))
         measured = interleaved_measurements(steps, args.inference_seconds, args.inference_rounds)
         throughput[batch_size] = {name: rate for name, (rate, _) in measured.items()}
         load[batch_size] = {
@@ -196,8 +227,11 @@ def run_torch(forward, inputs: torch.Tensor) -> int:
     return len(inputs)
 
 
-def profile_backends(model, work: Path, batch_size: int, threads: int, top: int = 8) -> dict[str, Any]:
-    """Share of the time per op type: ORT's profiler for the graphs, torch's for eager (``top`` kinds each)."""
+def profile_backends(
+    model, inductor: InductorModel | None, work: Path, batch_size: int, threads: int, top: int = 8
+) -> dict[str, Any]:
+    """Share of the time per op type: ORT's profiler for the graphs, torch's for eager and Inductor's int8
+    (``top`` kinds each)."""
     inputs = verification_batch(model, batch_size)
     profiles = {}
     for name in EXPORTS:
@@ -210,10 +244,15 @@ def profile_backends(model, work: Path, batch_size: int, threads: int, top: int 
             if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
                 per_op[event["args"]["op_name"]] += event["dur"]
         profiles[name] = top_shares(per_op, top)
-    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        forward_logits(model, inputs)
-    per_op = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
-    profiles["eager"] = top_shares(per_op, top)
+    forwards = {"eager": lambda: forward_logits(model, inputs)}
+    for name, dtype in inductor_routes(inductor).items():
+        forwards[name] = lambda dtype=dtype: inductor.logits(inputs, dtype)
+    for name, forward in forwards.items():
+        forward()  # compiled (or cached) before the profile
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            forward()
+        per_op = {event.key: event.self_cpu_time_total for event in prof.key_averages()}
+        profiles[name] = top_shares(per_op, top)
     return {"batch_size": batch_size, "share_of_time": profiles}
 
 
@@ -223,7 +262,9 @@ def top_shares(times: dict[str, float], top: int) -> dict[str, float]:
     return {name: round(value / total, 4) for name, value in ranked}
 
 
-def measure_end_to_end(bench, args: InferenceBenchmarkArguments, model, work: Path, threads: int) -> dict[str, Any]:
+def measure_end_to_end(
+    bench, args: InferenceBenchmarkArguments, model, inductor: InductorModel | None, work: Path, threads: int
+) -> dict[str, Any]:
     """predict.py's loop over synthesized 1024 px PNGs for each backend, and the decode rate of one core."""
     images_dir, _ = write_synthetic_nih(work / "e2e", bench.names_csv, args.inference_e2e_images, bench.synthetic_size)
     paths = find_images([images_dir])
@@ -240,6 +281,10 @@ def measure_end_to_end(bench, args: InferenceBenchmarkArguments, model, work: Pa
         "eager": Predictor(model, device="cpu", precision="fp32"),
         "eager_bf16": Predictor(model, device="cpu", precision="bf16"),
         **{name: Predictor(OnnxModel(work / name, threads)) for name in EXPORTS},
+        **{
+            name: Predictor(inductor, precision="bf16" if dtype else "fp32")
+            for name, dtype in inductor_routes(inductor).items()
+        },
     }
     for name, predictor in predictors.items():
         start = time.perf_counter()
@@ -250,9 +295,11 @@ def measure_end_to_end(bench, args: InferenceBenchmarkArguments, model, work: Pa
     return results
 
 
-def planted_auc_change(model_dir: str, dataset_name: str, work: Path, threads: int) -> dict[str, Any]:
-    """Macro AUC (14 findings) on the test split: PyTorch fp32, bf16 autocast, the int8 exports (static calibrated
-    on the validation split), and each one's change from fp32."""
+def planted_auc_change(
+    model_dir: str, dataset_name: str, work: Path, threads: int, with_inductor: bool = True
+) -> dict[str, Any]:
+    """Macro AUC (14 findings) on the test split: PyTorch fp32, bf16 autocast, the int8 exports (static ones
+    calibrated on the validation split), and each one's change from fp32."""
     from ..data import load_chestxray14, select_splits
     from ..metrics import label_scores
 
@@ -262,12 +309,20 @@ def planted_auc_change(model_dir: str, dataset_name: str, work: Path, threads: i
     export_onnx(model_dir, work / "planted_int8", "int8", fp32_graph=fp32_graph)
     calibration = calibration_from_dataset(model, dataset_name, "validation")
     export_onnx(model_dir, work / "planted_int8_static", "int8_static", calibration=calibration, fp32_graph=fp32_graph)
+    inductor = None
+    if with_inductor:
+        export_inductor(model_dir, work / "planted_inductor", calibration)
+        inductor = InductorModel(work / "planted_inductor", threads)
     (test,) = select_splits(load_chestxray14(dataset_name), ["test"], dataset_name)
     routes = {
         "eager": Classifier(model, device="cpu", precision="fp32"),
         "eager_bf16": Classifier(model, device="cpu", precision="bf16"),
         "ort_int8": Classifier(OnnxModel(work / "planted_int8", threads)),
         "ort_int8_static": Classifier(OnnxModel(work / "planted_int8_static", threads)),
+        **{
+            name: Classifier(inductor, precision="bf16" if dtype else "fp32")
+            for name, dtype in inductor_routes(inductor).items()
+        },
     }
     macro = {}
     for name, classifier in routes.items():

@@ -36,6 +36,8 @@ from .. import __version__
 from ..atomic import write_atomic
 from ..constants import LABELS
 from ..data.images import dicom_to_gray
+from ..inductor_model import PROGRAM_FILE
+from ..onnx_model import ONNX_FILE
 from ..public_names import model_reference
 from .codes import (
     ABSENT,
@@ -75,7 +77,8 @@ class AlgorithmInfo:
         the results); the version is the Hub commit when there is one, else the SHA-256 of the weights file."""
         path = Path(name_or_path)
         commit = getattr(config, "_commit_hash", None) if config is not None else None
-        weights = next((path / name for name in ("model.safetensors", "model.onnx") if (path / name).is_file()), None)
+        files = ("model.safetensors", ONNX_FILE, PROGRAM_FILE)  # the weights, or the export's graph
+        weights = next((path / name for name in files if (path / name).is_file()), None)
         if commit:
             identity = f"commit {commit}"
         elif weights is not None:

@@ -25,11 +25,10 @@ import torch
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from ..constants import FINDINGS, LABELS, NO_FINDING, THRESHOLDS_KEY
-from ..inference import Classifier, Ensemble
+from ..inference import EXPORTED_MODELS, Classifier, Ensemble
 from ..markdown import format_ci, number, table
 from ..metrics import NOT_ANNOTATED
 from ..modeling import timm_state_dict
-from ..onnx_model import OnnxModel
 from . import calibration
 from .external import annotated_labels, dataset_sources, external_markdown, score_labels
 from .localization import localization_markdown as localization_table
@@ -68,8 +67,9 @@ def weights_fingerprint(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def model_fingerprint(model) -> str:
-    """The weights' fingerprint; an ONNX export's is its file's (``onnx:<sha256>``), which no weights folder has."""
-    if isinstance(model, OnnxModel):
+    """The weights' fingerprint; an export's is its file's (``onnx:<sha256>``, ``pt2:<sha256>``), which no weights
+    folder has."""
+    if isinstance(model, EXPORTED_MODELS):
         return model.fingerprint
     return weights_fingerprint(timm_state_dict(model.state_dict()))
 
@@ -184,8 +184,8 @@ def calibration_section(
     """
     section = {"model": calibration.calibration_report(probabilities, targets), "uncalibrated": None, "scaling": None}
     record = getattr(classifier.model.config, calibration.CALIBRATION_KEY, None)
-    # an ensemble's average has no single "before"; an ONNX graph has no head to un-scale
-    if not record or not single_model or classifier.onnx:
+    # an ensemble's average has no single "before"; an exported graph has no head to un-scale
+    if not record or not single_model or classifier.exported:
         return section, None
     original = calibration.uncalibrated_model(classifier.model)
     before = Classifier(original, device=classifier.device, precision=classifier.precision, tta=classifier.tta)
