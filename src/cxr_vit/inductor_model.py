@@ -17,15 +17,13 @@ int8 program does not have: they stay on torch.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, PretrainedConfig
 
 from .data.provenance import file_sha256
-from .onnx_model import EXPORT_FILE
+from .onnx_model import read_export_folder
 
 PROGRAM_FILE = "model.pt2"
 
@@ -65,19 +63,13 @@ class InductorModel:
     def __init__(self, folder: str | os.PathLike, num_threads: int | None = None):
         register_int8_lowering()
         self.folder = Path(folder)
-        path = self.folder / PROGRAM_FILE
-        if not path.is_file():
-            raise InductorModelError(
-                f"{self.folder}: no {PROGRAM_FILE}; the inductor backend takes a folder written by "
-                f"scripts/export_inductor.py (python scripts/export_inductor.py --model MODEL --calibration_dataset "
-                f"DATASET --output_dir {self.folder})"
-            )
-        try:
-            self.config: PretrainedConfig = AutoConfig.from_pretrained(self.folder)
-        except (OSError, ValueError) as err:
-            raise InductorModelError(f"{self.folder}: no readable config.json beside {PROGRAM_FILE} ({err})") from err
-        record = self.folder / EXPORT_FILE
-        self.export_record: dict = json.loads(record.read_text()) if record.is_file() else {}
+        how_to_make = (
+            "the inductor backend takes a folder written by scripts/export_inductor.py (python "
+            f"scripts/export_inductor.py --model MODEL --calibration_dataset DATASET --output_dir {self.folder})"
+        )
+        path, self.config, self.export_record = read_export_folder(
+            self.folder, PROGRAM_FILE, how_to_make, InductorModelError
+        )
         self.num_threads = num_threads
         program = load_program(path).module()
         # dynamic=True: one compilation serves every batch size (a short last batch does not compile again)

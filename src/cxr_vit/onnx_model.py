@@ -46,6 +46,22 @@ def create_session(path: str | os.PathLike, num_threads: int | None = None, prof
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def read_export_folder(
+    folder: Path, graph_file: str, how_to_make: str, error: type[ValueError]
+) -> tuple[Path, PretrainedConfig, dict]:
+    """(the graph file, its ``config.json``, its ``export.json`` or ``{}``) of an export folder. Raises ``error``
+    saying ``how_to_make`` one when the graph is missing, or naming ``config.json`` when it cannot be read."""
+    path = folder / graph_file
+    if not path.is_file():
+        raise error(f"{folder}: no {graph_file}; {how_to_make}")
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as err:
+        raise error(f"{folder}: no readable config.json beside {graph_file} ({err})") from err
+    record = folder / EXPORT_FILE
+    return path, config, json.loads(record.read_text()) if record.is_file() else {}
+
+
 class OnnxModel:
     """An export folder's ``model.onnx`` in an ONNX Runtime CPU session, with its ``config``.
 
@@ -58,18 +74,11 @@ class OnnxModel:
 
     def __init__(self, folder: str | os.PathLike, num_threads: int | None = None):
         self.folder = Path(folder)
-        path = self.folder / ONNX_FILE
-        if not path.is_file():
-            raise OnnxModelError(
-                f"{self.folder}: no {ONNX_FILE}; the onnx backend takes a folder written by scripts/export_onnx.py "
-                f"(python scripts/export_onnx.py --model MODEL --output_dir {self.folder})"
-            )
-        try:
-            self.config: PretrainedConfig = AutoConfig.from_pretrained(self.folder)
-        except (OSError, ValueError) as err:
-            raise OnnxModelError(f"{self.folder}: no readable config.json beside {ONNX_FILE} ({err})") from err
-        record = self.folder / EXPORT_FILE
-        self.export_record: dict = json.loads(record.read_text()) if record.is_file() else {}
+        how_to_make = (
+            "the onnx backend takes a folder written by scripts/export_onnx.py (python scripts/export_onnx.py "
+            f"--model MODEL --output_dir {self.folder})"
+        )
+        path, self.config, self.export_record = read_export_folder(self.folder, ONNX_FILE, how_to_make, OnnxModelError)
         self.session = create_session(path, num_threads)
         self.fingerprint = "onnx:" + file_sha256(path)  # never equal to a torch weights fingerprint
 
