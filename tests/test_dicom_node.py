@@ -131,7 +131,8 @@ def test_an_aborted_association_loses_nothing_acknowledged(sr_only, recorder, tm
 
 
 def test_four_senders_at_once_give_exactly_one_sr_per_film(sr_only, recorder, tmp_path):
-    films = [write_films(tmp_path / f"films{sender}", 25, offset=25 * sender) for sender in range(4)]
+    count = 12  # a film each, per sender, is enough to interleave them; 48 films are 3 of the node's batches
+    films = [write_films(tmp_path / f"films{sender}", count, offset=count * sender) for sender in range(4)]
     statuses = {}
     with start_node(sr_only, tmp_path, recorder.destination, batch_size=16) as node:
 
@@ -143,11 +144,11 @@ def test_four_senders_at_once_give_exactly_one_sr_per_film(sr_only, recorder, tm
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-        assert all(statuses[index] == [0x0000] * 25 for index in range(4))
-        wait_until(lambda: len(recorder.reports()) >= 100, 120, "100 SRs")
+        assert all(statuses[index] == [0x0000] * count for index in range(4))
+        wait_until(lambda: len(recorder.reports()) >= 4 * count, 120, f"{4 * count} SRs")
     reports = recorder.reports()
-    assert len(reports) == 100, "no SR sent twice"
-    assert len({sr.SOPInstanceUID for sr in reports}) == 100
+    assert len(reports) == 4 * count, "no SR sent twice"
+    assert len({sr.SOPInstanceUID for sr in reports}) == 4 * count
     assert {referenced_film(sr) for sr in reports} == {
         pydicom.dcmread(path).SOPInstanceUID for group in films for path in group
     }
